@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Builds the control-plane tools from Go modules once, into a cache outside the
+# work tree keyed by version; a warm call only checks that the binaries exist.
+#
+#   hack/build-tools.sh            build whatever is missing, print the bin dir
+#   AZAION_TOOLS_DIR=/path ...     choose the cache (default ~/.cache/azaion/tools)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+tools_dir="${AZAION_TOOLS_DIR:-$HOME/.cache/azaion/tools}"
+log_dir="$tools_dir/logs"
+mkdir -p "$log_dir"
+
+if ! command -v go >/dev/null 2>&1; then
+  for candidate in /usr/local/go/bin /usr/lib/go/bin; do
+    [ -x "$candidate/go" ] && PATH="$candidate:$PATH"
+  done
+fi
+if ! command -v go >/dev/null 2>&1; then
+  echo "error: the Go toolchain (go 1.24 or newer) is needed to build the local control plane;" >&2
+  echo "       install it, or run the tests against an existing cluster (see README.md)." >&2
+  exit 2
+fi
+
+export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--trimpath}" GOTOOLCHAIN=local
+
+# build NAME VERSION DEST_DIR COMMAND...: runs COMMAND (which must leave the binaries
+# in DEST_DIR) unless DEST_DIR/.complete exists; on failure, names the log file.
+build() {
+  local name="$1" version="$2" dest="$3"
+  shift 3
+  [ -f "$dest/.complete" ] && return 0
+  local log="$log_dir/$name-$version.log"
+  echo "building $name $version (log: $log)" >&2
+  local start=$SECONDS
+  mkdir -p "$dest"
+  if ! "$@" >"$log" 2>&1; then
+    echo "error: building $name $version failed; see the build log: $log" >&2
+    tail -n 20 "$log" >&2
+    exit 3
+  fi
+  touch "$dest/.complete"
+  echo "built $name $version in $((SECONDS - start))s" >&2
+}
+
+k8s_build() {
+  local dest="$1" minor
+  minor="$(echo "$KUBERNETES_VERSION" | cut -d. -f2)"
+  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION \
+    -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
+    -X k8s.io/component-base/version.gitTreeState=clean"
+  cd "$here/gobuild/kubernetes"
+  go build -tags selinux,notest,grpcnotrace -ldflags "$ldflags" -o "$dest/" \
+    ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler ./cmd/kubectl
+}
+
+etcd_build() {
+  cd "$here/gobuild/etcd"
+  go build -ldflags "-s -w" -o "$1/etcd" .
+}
+
+go_install() { # DEST PACKAGE@VERSION
+  GOBIN="$1" go install -ldflags "-s -w" "$2"
+}
+
+k8s_dir="$tools_dir/kubernetes-$KUBERNETES_VERSION"
+etcd_dir="$tools_dir/etcd-$ETCD_VERSION"
+kwok_dir="$tools_dir/kwok-$KWOK_VERSION"
+helm_dir="$tools_dir/helm-$HELM_VERSION"
+
+want="${1:-all}"
+case "$want" in
+  all|cluster)
+    build etcd "$ETCD_VERSION" "$etcd_dir" etcd_build "$etcd_dir"
+    build kwok "$KWOK_VERSION" "$kwok_dir" go_install "$kwok_dir" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+    build helm "$HELM_VERSION" "$helm_dir" go_install "$helm_dir" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    build kubernetes "$KUBERNETES_VERSION" "$k8s_dir" k8s_build "$k8s_dir"
+    ;;
+  actionlint)
+    dir="$tools_dir/actionlint-$ACTIONLINT_VERSION"
+    build actionlint "$ACTIONLINT_VERSION" "$dir" go_install "$dir" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+    echo "$dir"
+    exit 0
+    ;;
+  *) echo "usage: $0 [all|actionlint]" >&2; exit 2 ;;
+esac
+
+# One directory of links, so callers put a single entry on PATH.
+bin_dir="$tools_dir/bin-$KUBERNETES_VERSION-$ETCD_VERSION-$KWOK_VERSION-$HELM_VERSION"
+mkdir -p "$bin_dir"
+for f in "$k8s_dir"/kube-apiserver "$k8s_dir"/kube-controller-manager "$k8s_dir"/kube-scheduler \
+  "$k8s_dir"/kubectl "$etcd_dir"/etcd "$kwok_dir"/kwok "$helm_dir"/helm; do
+  ln -sf "$f" "$bin_dir/"
+done
+echo "$bin_dir"

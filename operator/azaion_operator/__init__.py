@@ -1,0 +1,1 @@
+"""Kubernetes operator for TrainingRun and AnnotationConsumer resources."""

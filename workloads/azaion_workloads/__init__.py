@@ -1,0 +1,1 @@
+"""Programs that run inside the pods: training and the annotation consumer."""

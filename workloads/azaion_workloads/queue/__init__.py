@@ -1,0 +1,1 @@
+"""The AnnotationConsumer workload: RabbitMQ Streams to the data volume."""

@@ -1,0 +1,1 @@
+"""The TrainingRun workload: dataset, training, export, encryption, publishing."""
