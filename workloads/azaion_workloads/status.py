@@ -90,9 +90,9 @@ class KubernetesStatusReporter:
 
 
 def reporter_from_env(plural: str, fallback_file: Path) -> StatusReporter:
-    """The Kubernetes reporter when the pod names its resource, else a file."""
+    """The Kubernetes reporter inside a pod that names its resource, else a file."""
     name = os.environ.get(contract.ENV_RESOURCE_NAME)
     namespace = os.environ.get(contract.ENV_RESOURCE_NAMESPACE, "default")
-    if name and (_SERVICE_ACCOUNT_TOKEN.exists() or os.environ.get("KUBECONFIG")):
+    if name and _SERVICE_ACCOUNT_TOKEN.exists():
         return KubernetesStatusReporter(plural, namespace, name)
     return FileStatusReporter(fallback_file)
