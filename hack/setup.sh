@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the tests need, idempotently: system packages (when root and
+# missing), the Python virtualenv with every extra, and the Go-built tools.
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
+command -v ip >/dev/null || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing system packages: ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "error: missing system packages: ${missing[*]} (install them, e.g. sudo apt-get install ${missing[*]})" >&2
+    exit 2
+  fi
+fi
+
+python="${PYTHON:-python3}"
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[operator,queue,training,dev]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+hack/build-tools.sh >/dev/null
