@@ -1,0 +1,209 @@
+"""Generate the CustomResourceDefinitions from the pydantic models.
+
+    azaion-crdgen            write crds/*.yaml
+    azaion-crdgen --check    exit 1 when the files on disk are stale
+
+pydantic emits JSON Schema 2020-12; the API server wants a structural
+OpenAPI v3.0 schema: no $ref, no anyOf-with-null, boolean exclusive bounds,
+no titles. :func:`structural` does that translation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from azaion_workloads.contract import API_GROUP, API_VERSION
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_DIRS = [REPO / "crds"]
+
+_DROP = {"title", "discriminator"}
+
+
+def structural(schema: dict[str, Any], defs: dict[str, Any], default_objects: bool = False) -> dict[str, Any]:
+    """Inline references and rewrite JSON Schema into the API server's dialect.
+
+    With ``default_objects``, optional nested objects default to ``{}`` so that
+    the API server fills in their fields' defaults and stores the effective
+    settings (``kubectl get -o yaml`` shows what the run really uses).
+    """
+    if "$ref" in schema:
+        target = defs[schema["$ref"].rsplit("/", 1)[-1]]
+        merged = {**structural(target, defs, default_objects), **{k: v for k, v in schema.items() if k != "$ref"}}
+        return structural(merged, defs, default_objects) if "$ref" in merged else merged
+
+    out: dict[str, Any] = {}
+    variants = schema.get("anyOf")
+    if variants is not None:
+        non_null = [v for v in variants if v.get("type") != "null"]
+        if len(non_null) != 1:
+            raise ValueError(f"unions other than Optional[X] have no structural form: {schema}")
+        out.update(structural(non_null[0], defs, default_objects))
+        out["nullable"] = True
+    for key, value in schema.items():
+        if key in _DROP or key == "anyOf" or key == "$defs":
+            continue
+        if key == "properties":
+            required = set(schema.get("required", []))
+            out["properties"] = {}
+            for name, sub in value.items():
+                prop = structural(sub, defs, default_objects)
+                is_object = prop.get("type") == "object" and "properties" in prop
+                if default_objects and is_object and name not in required and not prop.get("nullable"):
+                    prop.setdefault("default", {})
+                out["properties"][name] = prop
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = structural(value, defs, default_objects)
+        elif key == "exclusiveMinimum":
+            out["minimum"], out["exclusiveMinimum"] = value, True
+        elif key == "exclusiveMaximum":
+            out["maximum"], out["exclusiveMaximum"] = value, True
+        elif key == "const":
+            out["enum"] = [value]
+        elif key == "default" and value is None:
+            continue
+        else:
+            out[key] = value
+    if out.get("additionalProperties") is False:
+        # Structural schemas forbid it; unknown fields are rejected by strict field
+        # validation (kubectl's default) and pruned otherwise.
+        del out["additionalProperties"]
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    return out
+
+
+def openapi_schema(model: type[BaseModel], default_objects: bool = False) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return structural(raw, raw.get("$defs", {}), default_objects)
+
+
+@dataclass(frozen=True)
+class CrdSource:
+    kind: str
+    plural: str
+    singular: str
+    short_names: list[str]
+    spec_model: type[BaseModel]
+    status_model: type[BaseModel]
+    description: str
+    printer_columns: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_crd(source: CrdSource) -> dict[str, Any]:
+    spec = openapi_schema(source.spec_model, default_objects=True)
+    status = openapi_schema(source.status_model)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{source.plural}.{API_GROUP}",
+            "annotations": {"helm.sh/resource-policy": "keep"},
+            "labels": {"app.kubernetes.io/part-of": "azaion"},
+        },
+        "spec": {
+            "group": API_GROUP,
+            "names": {
+                "kind": source.kind,
+                "listKind": f"{source.kind}List",
+                "plural": source.plural,
+                "singular": source.singular,
+                "shortNames": source.short_names,
+                "categories": ["azaion"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": source.printer_columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": source.description,
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string", "description": "API version of the object."},
+                                "kind": {"type": "string", "description": "Kind of the object."},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def sources() -> list[CrdSource]:
+    from azaion_operator.models import trainingrun as tr
+
+    return [
+        CrdSource(
+            kind=tr.KIND,
+            plural=tr.PLURAL,
+            singular=tr.SINGULAR,
+            short_names=tr.SHORT_NAMES,
+            spec_model=tr.TrainingRunSpec,
+            status_model=tr.TrainingRunStatus,
+            description="A YOLO training run: dataset formation, training with resume, export, "
+            "encryption and publishing, run as Kubernetes Jobs.",
+            printer_columns=[
+                {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                {"name": "Epoch", "type": "integer", "jsonPath": ".status.progress.epoch"},
+                {"name": "Epochs", "type": "integer", "jsonPath": ".spec.training.epochs"},
+                {"name": "mAP50-95", "type": "number", "jsonPath": ".status.progress.metrics.map50_95"},
+                {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
+                {"name": "Queue", "type": "integer", "jsonPath": ".status.queuePosition", "priority": 1},
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            ],
+        ),
+    ]
+
+
+def render(crd: dict[str, Any]) -> str:
+    header = "# Generated by azaion-crdgen from operator/azaion_operator/models. Do not edit.\n"
+    return header + yaml.safe_dump(crd, sort_keys=False, width=100)
+
+
+def expected_files() -> dict[Path, str]:
+    files = {}
+    for source in sources():
+        crd = build_crd(source)
+        for directory in CRD_DIRS:
+            files[directory / f"{crd['metadata']['name']}.yaml"] = render(crd)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="fail when the files on disk are stale")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in expected_files().items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if args.check and stale:
+        print("stale CRD files (run azaion-crdgen): " + ", ".join(str(p) for p in stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

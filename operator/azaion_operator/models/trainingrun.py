@@ -1,0 +1,415 @@
+"""The TrainingRun custom resource: one YOLO training, from dataset to published model."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, WithJsonSchema
+
+from azaion_operator.models.common import (
+    DNS_SUBDOMAIN_PATTERN,
+    QUANTITY_PATTERN,
+    ApiModel,
+    Condition,
+    SecretKeyRef,
+    StatusModel,
+    Toleration,
+)
+from azaion_workloads.contract import EXIT_PERMANENT
+from azaion_workloads.training.config import ALLOWED_EXTRA_ARGS, OPTIMIZERS
+
+KIND = "TrainingRun"
+PLURAL = "trainingruns"
+SINGULAR = "trainingrun"
+SHORT_NAMES = ["tr"]
+
+
+def cel(rule: str, message: str) -> dict[str, Any]:
+    """A CEL validation rule for the CRD schema (evaluated by the API server)."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+
+
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
+
+_EXTRA_ARGS_RULE = "self.all(k, k in [" + ", ".join(f"'{a}'" for a in sorted(ALLOWED_EXTRA_ARGS)) + "])"
+ExtraArgs = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": {"x-kubernetes-preserve-unknown-fields": True},
+            **cel(_EXTRA_ARGS_RULE, "extraArgs may only set: " + ", ".join(sorted(ALLOWED_EXTRA_ARGS))),
+        }
+    ),
+]
+
+
+class DatasetSource(StrEnum):
+    VALIDATED = "validated"
+
+
+class SplitRatios(ApiModel, json_schema_extra=cel("self.train + self.valid + self.test == 100", "split percentages must add up to 100")):
+    """Percentages of the annotations that go to each part of the dataset."""
+
+    train: int = Field(default=70, ge=1, le=100)
+    """Percent of the images used for training."""
+    valid: int = Field(default=20, ge=0, le=99)
+    """Percent of the images used for validation."""
+    test: int = Field(default=10, ge=0, le=99)
+    """Percent of the images held out for testing."""
+
+
+class DatasetSpec(ApiModel):
+    """How the dataset is formed from the annotations on the data volume."""
+
+    source: DatasetSource = DatasetSource.VALIDATED
+    """Which annotations to train on: `validated` (the data/ folder)."""
+    split: SplitRatios = Field(default_factory=SplitRatios)
+    """Train/valid/test split in percent (70/20/10 by default)."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of the shuffle: the same seed and annotations give the same split."""
+    classes_file: str = Field(default="classes.json", min_length=1, max_length=1024)
+    """Class definitions, relative to the data root."""
+
+
+class TrainingSpec(ApiModel):
+    """ultralytics training arguments."""
+
+    epochs: int = Field(
+        default=120, ge=1, le=10000, json_schema_extra=cel("self == oldSelf", "epochs cannot change after creation")
+    )
+    """Number of epochs. Immutable: a resumed run keeps the epochs it started with."""
+    batch: int = Field(default=11, ge=1, le=4096)
+    """Images per batch (11 fills a 24 GB GPU at imgsz 1280 with a medium model)."""
+    imgsz: int = Field(default=1280, ge=32, le=8192, multiple_of=32)
+    """Training image size in pixels (a multiple of 32)."""
+    save_period: int = Field(default=1, ge=1)
+    """Save a checkpoint every this many epochs."""
+    workers: int = Field(default=8, ge=0, le=64)
+    """Data loader worker processes."""
+    patience: int = Field(default=100, ge=0)
+    """Stop early after this many epochs without improvement (0 disables)."""
+    optimizer: Literal[OPTIMIZERS] = "auto"  # type: ignore[valid-type]
+    """Optimizer name, as ultralytics knows it."""
+    extra_args: ExtraArgs = Field(default_factory=dict)
+    """Further ultralytics train() arguments, from an allow-list (hyper-parameters and augmentation)."""
+
+
+class ResourcesSpec(ApiModel):
+    """What the training pod needs and where it may run."""
+
+    gpus: int = Field(default=1, ge=0, le=16)
+    """GPUs (nvidia.com/gpu) for the run; 0 trains on CPU and does not wait in the GPU queue."""
+    cpu: Quantity | None = None
+    """CPU request and limit, e.g. "8"."""
+    memory: Quantity | None = None
+    """Memory request and limit, e.g. "48Gi"."""
+    shm_size: Quantity = "8Gi"
+    """Size of the in-memory /dev/shm that data loader workers share."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the pod must match."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Taints the pod tolerates."""
+    runtime_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    """Container runtime class; defaults to `nvidia` when gpus > 0 (k3s with the NVIDIA toolkit)."""
+    priority_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    """PriorityClass of the training pod (cluster-level preemption)."""
+
+
+class StorageSpec(ApiModel):
+    """The data volume with the annotations, datasets and models."""
+
+    claim_name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    """PersistentVolumeClaim holding the data root; the run writes under models/<namespace>/<name>."""
+
+
+class OnnxExport(ApiModel):
+    """ONNX export of the best model."""
+
+    enabled: bool = True
+    """Export ONNX after training."""
+    imgsz: int = Field(default=1280, ge=32, le=8192, multiple_of=32)
+    """Input image size of the exported model."""
+    batch: int = Field(default=4, ge=1, le=256)
+    """Batch size baked into the exported model."""
+    opset: int | None = Field(default=None, ge=7, le=30)
+    """ONNX opset; the exporter's default when unset."""
+    dynamic: bool = False
+    """Dynamic input shapes."""
+    half: bool = False
+    """FP16 weights (needs a GPU at export time)."""
+    nms: bool = True
+    """Put non-maximum suppression inside the model."""
+
+
+class TensorRTExport(ApiModel):
+    """TensorRT engine export (only on a GPU node)."""
+
+    enabled: bool = False
+    """Build a TensorRT engine for the GPU the run trained on."""
+
+
+class ExportSpec(ApiModel):
+    """Model formats produced after training."""
+
+    onnx: OnnxExport = Field(default_factory=OnnxExport)
+    """ONNX export settings."""
+    tensorrt: TensorRTExport = Field(default_factory=TensorRTExport)
+    """TensorRT export settings."""
+
+
+class S3CredentialsRef(ApiModel):
+    """A Secret with the S3 access key pair."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    """Name of the Secret."""
+    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    """Key of the access key id in the Secret."""
+    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+    """Key of the secret access key in the Secret."""
+
+
+class S3Publish(ApiModel):
+    """S3-compatible storage the encrypted model is published to."""
+
+    endpoint: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
+    """Endpoint URL (http:// or https://); AWS's when unset."""
+    bucket: str = Field(min_length=3, max_length=63)
+    """Bucket name."""
+    prefix: str = Field(default="models/", max_length=1024)
+    """Key prefix of published objects."""
+    region: str | None = Field(default=None, max_length=64)
+    """Region name."""
+    credentials_secret_ref: S3CredentialsRef
+    """Secret with the access keys (never put keys in the spec)."""
+
+
+class PublishSpec(ApiModel):
+    """Where the finished model goes."""
+
+    s3: S3Publish | None = None
+    """Publish the encrypted model and its manifest to S3-compatible storage."""
+    encryption_key_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the 256-bit model encryption key (needed to publish)."""
+    promote: bool = False
+    """Make this run's best model the current one (models/azaion.pt) when it succeeds."""
+
+
+class FailurePolicy(ApiModel):
+    """How failures and preemptions are counted and when the run gives up."""
+
+    max_failures: int = Field(default=3, ge=1, le=100)
+    """Attempts that may fail (non-zero exit, OOM...) before the run is Failed."""
+    max_preemptions: int = Field(default=20, ge=0, le=1000)
+    """Pod disruptions (eviction, preemption, node loss) tolerated; they never count as failures."""
+    permanent_exit_codes: list[int] = Field(default_factory=lambda: [EXIT_PERMANENT], max_length=32)
+    """Exit codes that fail the run at once without retry (bad configuration or data)."""
+    backoff_seconds: int = Field(default=10, ge=0, le=3600)
+    """Delay before the first retry; doubles with every failure (capped at 10 minutes)."""
+
+
+_ONE_BASE_MODEL = cel("has(self.model) != has(self.fromRun)", "set exactly one of spec.model and spec.fromRun")
+
+
+class TrainingRunSpec(ApiModel, json_schema_extra=_ONE_BASE_MODEL):
+    """Desired state of a TrainingRun."""
+
+    model: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Base model: a model YAML name (yolo26m.yaml) or a .pt file relative to the data root."""
+    from_run: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    """Fine-tune the best model of this (succeeded) TrainingRun in the same namespace."""
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    """Dataset formation."""
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    """Training arguments."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """Compute resources and placement."""
+    image: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Training image; the operator's configured default when unset. Recorded in status at start."""
+    storage: StorageSpec
+    """The data volume."""
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    """Export formats."""
+    publish: PublishSpec = Field(default_factory=PublishSpec)
+    """Publishing and promotion."""
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
+    """Retry budgets."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Fail the run (DeadlineExceeded) when it has been running longer than this, over all attempts."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the run's Jobs and pods this long after it finished (the TrainingRun and its artifacts stay)."""
+    suspend: bool = False
+    """Stop the active attempt (it checkpoints first) and hold the run until set back to false."""
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    """Queue priority: higher runs are admitted to free GPUs first."""
+    liveness_timeout_seconds: int = Field(default=1800, ge=60)
+    """Restart a trainer whose progress heartbeat is older than this (a hung process)."""
+    termination_grace_period_seconds: int = Field(default=300, ge=30, le=86400)
+    """Time a stopping trainer gets to write its checkpoint."""
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    """Extra annotations on the training pod."""
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+    """Extra labels on the training pod."""
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Metrics(StatusModel):
+    """Validation metrics of the latest epoch."""
+
+    map50: float | None = None
+    """mAP at IoU 0.5."""
+    map50_95: float | None = Field(default=None, alias="map50_95")
+    """mAP averaged over IoU 0.5..0.95."""
+    precision: float | None = None
+    """Box precision."""
+    recall: float | None = None
+    """Box recall."""
+    box_loss: float | None = None
+    """Box regression loss."""
+    cls_loss: float | None = None
+    """Classification loss."""
+    dfl_loss: float | None = None
+    """Distribution focal loss."""
+
+
+class Progress(StatusModel):
+    """Progress reported by the training pod."""
+
+    step: str | None = None
+    """Current step: dataset, training, export, encrypt, publish, promote or done."""
+    epoch: int | None = None
+    """Last finished epoch (1-based)."""
+    epochs: int | None = None
+    """Total epochs."""
+    percent: float | None = None
+    """Training progress in percent."""
+    eta_seconds: int | None = None
+    """Estimated seconds until training finishes."""
+    metrics: Metrics | None = None
+    """Metrics of the last epoch."""
+    best_epoch: int | None = None
+    """Epoch with the best fitness so far."""
+    updated_at: str | None = None
+    """When the pod last reported (RFC 3339)."""
+
+
+class Checkpoint(StatusModel):
+    """The newest verified checkpoint."""
+
+    epoch: int | None = None
+    """Epoch the checkpoint was saved after."""
+    path: str | None = None
+    """Path relative to the data root."""
+    sha256: str | None = None
+    """SHA-256 of the checkpoint file."""
+    saved_at: str | None = None
+    """When it was saved (RFC 3339)."""
+
+
+class DatasetArtifact(StatusModel):
+    """The formed dataset."""
+
+    path: str | None = None
+    """Dataset directory relative to the data root."""
+    train: int | None = None
+    """Images in the training split."""
+    valid: int | None = None
+    """Images in the validation split."""
+    test: int | None = None
+    """Images in the test split."""
+    corrupted: int | None = None
+    """Annotations moved to data-corrupted/ by label validation."""
+    manifest_sha256: str | None = None
+    """SHA-256 of the dataset manifest."""
+
+
+class Artifacts(StatusModel):
+    """What the run produced."""
+
+    dataset: DatasetArtifact | None = None
+    """The dataset the run trained on."""
+    model: str | None = None
+    """Best model (.pt) relative to the data root."""
+    model_sha256: str | None = None
+    """SHA-256 of the best model."""
+    onnx: str | None = None
+    """ONNX export relative to the data root."""
+    onnx_sha256: str | None = None
+    """SHA-256 of the ONNX file."""
+    encrypted: str | None = None
+    """Encrypted model relative to the data root."""
+    encrypted_sha256: str | None = None
+    """SHA-256 of the encrypted file."""
+    manifest_uri: str | None = None
+    """URI of the published manifest (written last: its presence means the publish is complete)."""
+    published_uris: list[str] | None = None
+    """URIs of every published object."""
+    promoted: bool | None = None
+    """Whether the model became the current one."""
+
+
+class AttemptRecord(StatusModel):
+    """The outcome of one attempt (one Job)."""
+
+    attempt: int
+    """Attempt number, from 1."""
+    job_name: str
+    """Name of the attempt's Job."""
+    outcome: Literal["Running", "Succeeded", "Failed", "Preempted", "Stopped"]
+    """Succeeded, Failed (counts against maxFailures), Preempted (disruption; counts against maxPreemptions) or Stopped (suspend)."""
+    reason: str | None = None
+    """Machine-readable reason, e.g. Error, OOMKilled, PermanentError, Evicted."""
+    exit_code: int | None = None
+    """Exit code of the trainer container, when it terminated."""
+    message: str | None = None
+    """What happened, in words."""
+    started_at: str | None = None
+    """When the Job was created (RFC 3339)."""
+    finished_at: str | None = None
+    """When the outcome was observed (RFC 3339)."""
+
+
+class TrainingRunStatus(StatusModel):
+    """Observed state. The operator writes phase, conditions and attempts; the pod writes progress, lastCheckpoint and artifacts."""
+
+    phase: Phase | None = None
+    """Pending, Queued, Running, Succeeded, Failed or Suspended."""
+    conditions: list[Condition] | None = None
+    """Ready/Succeeded/Failed/Queued/Suspended conditions with reasons."""
+    observed_generation: int | None = None
+    """The .metadata.generation the operator last acted on."""
+    attempts: int | None = None
+    """Jobs started so far."""
+    failures: int | None = None
+    """Attempts that failed (against failurePolicy.maxFailures)."""
+    preemptions: int | None = None
+    """Disruptions (against failurePolicy.maxPreemptions)."""
+    attempt_history: list[AttemptRecord] | None = None
+    """One record per attempt."""
+    queue_position: int | None = None
+    """Position in the GPU queue (1 = next) while Queued."""
+    job_name: str | None = None
+    """The active (or last) Job."""
+    image: str | None = None
+    """Image the run started with; kept for every attempt."""
+    next_attempt_at: str | None = None
+    """When the next attempt starts after a failure (RFC 3339)."""
+    start_time: str | None = None
+    """When the first attempt started (RFC 3339)."""
+    completion_time: str | None = None
+    """When the run finished (RFC 3339)."""
+    progress: Progress | None = None
+    """Training progress (written by the pod)."""
+    last_checkpoint: Checkpoint | None = None
+    """Newest verified checkpoint (written by the pod)."""
+    artifacts: Artifacts | None = None
+    """Produced files and published objects (written by the pod)."""
