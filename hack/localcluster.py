@@ -81,9 +81,7 @@ def log(message: str) -> None:
 
 def build_tools() -> Path:
     """Build (or find in the cache) the binaries; returns the bin directory."""
-    result = subprocess.run(
-        [str(HACK_DIR / "build-tools.sh")], stdout=subprocess.PIPE, text=True, check=False
-    )
+    result = subprocess.run([str(HACK_DIR / "build-tools.sh")], stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
         raise ClusterError("building the control-plane tools failed (see the messages above)")
     return Path(result.stdout.strip().splitlines()[-1])
@@ -141,7 +139,10 @@ def make_pki(pki: Path) -> str:
             "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"), "-subj", "/CN=azaion-local-ca")  # fmt: skip
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(pki / "apiserver.key"),
             "-out", str(pki / "apiserver.csr"), "-subj", "/CN=kube-apiserver")  # fmt: skip
-    sans = "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+    sans = (
+        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,"
+        "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+    )
     (pki / "san.ext").write_text(sans + "\n")
     openssl("x509", "-req", "-in", str(pki / "apiserver.csr"), "-CA", str(pki / "ca.crt"),
             "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "3650",
@@ -222,7 +223,7 @@ def wait_for(check, what: str, timeout: float, component: str | None = None) -> 
 
 
 def etcd_healthy() -> bool:
-    with urllib.request.urlopen(f"http://127.0.0.1:{PORTS.etcd_client}/health", timeout=2) as r:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{PORTS.etcd_client}/health", timeout=2) as r:
         return json.loads(r.read()).get("health") == "true"
 
 
@@ -241,7 +242,7 @@ def component_alive(component: str) -> bool:
 def start(component: str, argv: list[str]) -> None:
     log_path(component).parent.mkdir(parents=True, exist_ok=True)
     with log_path(component).open("ab") as out:
-        proc = subprocess.Popen(  # noqa: S603 - our own binaries
+        proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
     state = read_state()

@@ -37,8 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--s3-endpoint",
         default=None,
         metavar="URL",
-        help="use this S3-compatible endpoint (credentials from AWS_* env) instead of "
-        "starting a local S3 server",
+        help="use this S3-compatible endpoint (credentials from AWS_* env) instead of starting a local S3 server",
     )
 
 

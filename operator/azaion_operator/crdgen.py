@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
-
 from azaion_workloads.contract import API_GROUP, API_VERSION
+from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIRS = [REPO / "crds"]

@@ -195,7 +195,9 @@ def test_deployment_becomes_available(api_client, namespace):
 
 def test_rbac_is_enforced_for_a_service_account_token(api_client, cluster, namespace):
     core, rbac = client.CoreV1Api(api_client), client.RbacAuthorizationV1Api(api_client)
-    core.create_namespaced_service_account(namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="reader")))
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="reader"))
+    )
     token = core.create_namespaced_service_account_token(
         "reader", namespace, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
     ).status.token

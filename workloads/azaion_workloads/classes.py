@@ -56,8 +56,7 @@ class ClassCatalog(BaseModel):
     def default(cls) -> ClassCatalog:
         return cls(
             classes=[
-                ClassDefinition(id=index, name=name, short_name=name[:4])
-                for index, name in enumerate(BASE_CLASS_NAMES)
+                ClassDefinition(id=index, name=name, short_name=name[:4]) for index, name in enumerate(BASE_CLASS_NAMES)
             ]
         )
 

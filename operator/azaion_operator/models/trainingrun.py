@@ -5,6 +5,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+from azaion_workloads.contract import EXIT_PERMANENT
+from azaion_workloads.training.config import ALLOWED_EXTRA_ARGS, OPTIMIZERS
 from pydantic import Field, WithJsonSchema
 
 from azaion_operator.models.common import (
@@ -16,8 +18,6 @@ from azaion_operator.models.common import (
     StatusModel,
     Toleration,
 )
-from azaion_workloads.contract import EXIT_PERMANENT
-from azaion_workloads.training.config import ALLOWED_EXTRA_ARGS, OPTIMIZERS
 
 KIND = "TrainingRun"
 PLURAL = "trainingruns"
@@ -49,7 +49,10 @@ class DatasetSource(StrEnum):
     VALIDATED = "validated"
 
 
-class SplitRatios(ApiModel, json_schema_extra=cel("self.train + self.valid + self.test == 100", "split percentages must add up to 100")):
+class SplitRatios(
+    ApiModel,
+    json_schema_extra=cel("self.train + self.valid + self.test == 100", "split percentages must add up to 100"),
+):
     """Percentages of the annotations that go to each part of the dataset."""
 
     train: int = Field(default=70, ge=1, le=100)
@@ -166,7 +169,7 @@ class S3CredentialsRef(ApiModel):
     """Name of the Secret."""
     access_key_id_key: str = "AWS_ACCESS_KEY_ID"
     """Key of the access key id in the Secret."""
-    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a key name, not a secret
     """Key of the secret access key in the Secret."""
 
 
@@ -365,7 +368,8 @@ class AttemptRecord(StatusModel):
     job_name: str
     """Name of the attempt's Job."""
     outcome: Literal["Running", "Succeeded", "Failed", "Preempted", "Stopped"]
-    """Succeeded, Failed (counts against maxFailures), Preempted (disruption; counts against maxPreemptions) or Stopped (suspend)."""
+    """Succeeded, Failed (counts against maxFailures), Preempted (disruption; counts against
+    maxPreemptions) or Stopped (suspend)."""
     reason: str | None = None
     """Machine-readable reason, e.g. Error, OOMKilled, PermanentError, Evicted."""
     exit_code: int | None = None
@@ -379,7 +383,11 @@ class AttemptRecord(StatusModel):
 
 
 class TrainingRunStatus(StatusModel):
-    """Observed state. The operator writes phase, conditions and attempts; the pod writes progress, lastCheckpoint and artifacts."""
+    """Observed state.
+
+    The operator writes phase, conditions and attempts; the pod writes progress,
+    lastCheckpoint and artifacts. Neither touches the other's fields.
+    """
 
     phase: Phase | None = None
     """Pending, Queued, Running, Succeeded, Failed or Suspended."""
@@ -395,6 +403,8 @@ class TrainingRunStatus(StatusModel):
     """Disruptions (against failurePolicy.maxPreemptions)."""
     attempt_history: list[AttemptRecord] | None = None
     """One record per attempt."""
+    preempted_pods: list[str] | None = None
+    """Pods lost to disruptions inside an attempt (the Job replaced them); each counts once as a preemption."""
     queue_position: int | None = None
     """Position in the GPU queue (1 = next) while Queued."""
     job_name: str | None = None

@@ -1,0 +1,57 @@
+"""Pieces every child object shares: owner references, security contexts, env."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from azaion_workloads.contract import API_GROUP, API_VERSION
+
+
+def owner_reference(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Makes the child go away with its resource (garbage collection)."""
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": kind,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def pod_security_context(run_as_user: int) -> dict[str, Any]:
+    """Restricted pod security standard: non-root, default seccomp."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": run_as_user,
+        "runAsGroup": run_as_user,
+        "fsGroup": run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+    }
+
+
+def env_value(name: str, value: object) -> dict[str, Any]:
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return {"name": name, "value": str(value)}
+
+
+def env_from_secret(name: str, secret: str, key: str) -> dict[str, Any]:
+    """An env var filled by the kubelet from a Secret: the value never appears in the spec."""
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def downward_env() -> list[dict[str, Any]]:
+    return [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]

@@ -1,0 +1,265 @@
+"""Pure builders of a TrainingRun's children: the per-attempt Job and its identity."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from azaion_workloads import contract
+
+from azaion_operator.builders.common import (
+    container_security_context,
+    downward_env,
+    env_from_secret,
+    env_value,
+    owner_reference,
+    pod_security_context,
+)
+from azaion_operator.config import OperatorConfig
+from azaion_operator.models.trainingrun import KIND, PLURAL, TrainingRunSpec
+from azaion_operator.names import (
+    LABEL_ATTEMPT,
+    LABEL_MANAGED_BY,
+    LABEL_TRAININGRUN,
+    MANAGED_BY,
+    TRAINER_CONTAINER,
+    job_name,
+    trainer_service_account,
+)
+
+TMP_MOUNT = "/tmp"  # noqa: S108 - an emptyDir: the root filesystem is read-only
+
+
+def run_labels(run: str) -> dict[str, str]:
+    return {
+        LABEL_TRAININGRUN: run,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        "app.kubernetes.io/name": "azaion-trainer",
+    }
+
+
+def base_model(spec: TrainingRunSpec) -> str:
+    """What TRAINING_MODEL names: the spec's model, or another run's best weights."""
+    if spec.from_run:
+        return f"models/{{namespace}}/{spec.from_run}/weights/best.pt"
+    assert spec.model is not None  # the CRD's CEL rule requires one of the two
+    return spec.model
+
+
+def trainer_env(spec: TrainingRunSpec, namespace: str, name: str, config: OperatorConfig) -> list[dict[str, Any]]:
+    """The workload's settings (see azaion_workloads.training.config) as env vars."""
+    training, split, onnx = spec.training, spec.dataset.split, spec.export.onnx
+    env = [
+        env_value(contract.ENV_ROOT_DIR, config.data_mount_path),
+        env_value(contract.ENV_RESOURCE_NAME, name),
+        env_value(contract.ENV_RESOURCE_NAMESPACE, namespace),
+        env_value("TRAINING_MODEL", base_model(spec).format(namespace=namespace)),
+        env_value("TRAINING_EPOCHS", training.epochs),
+        env_value("TRAINING_BATCH_SIZE", training.batch),
+        env_value("TRAINING_IMGSZ", training.imgsz),
+        env_value("TRAINING_SAVE_PERIOD", training.save_period),
+        env_value("TRAINING_WORKERS", training.workers),
+        env_value("TRAINING_PATIENCE", training.patience),
+        env_value("TRAINING_OPTIMIZER", training.optimizer),
+        env_value("TRAINING_DEVICE", "auto" if spec.resources.gpus > 0 else "cpu"),
+        env_value("DATASET_SPLIT", f"{split.train / 100},{split.valid / 100},{split.test / 100}"),
+        env_value("DATASET_SEED", spec.dataset.seed),
+        env_value("DATASET_CLASSES_FILE", spec.dataset.classes_file),
+        env_value("EXPORT_ONNX", onnx.enabled),
+        env_value("EXPORT_ONNX_IMGSZ", onnx.imgsz),
+        env_value("EXPORT_ONNX_BATCH", onnx.batch),
+        env_value("EXPORT_ONNX_DYNAMIC", onnx.dynamic),
+        env_value("EXPORT_ONNX_HALF", onnx.half),
+        env_value("EXPORT_ONNX_NMS", onnx.nms),
+        env_value("EXPORT_TENSORRT", spec.export.tensorrt.enabled),
+        env_value("PUBLISH_PROMOTE", spec.publish.promote),
+        env_value("AZAION_HEARTBEAT_FILE", contract.HEARTBEAT_FILE),
+        env_value("HOME", TMP_MOUNT),
+        *downward_env(),
+    ]
+    if training.extra_args:
+        env.append(env_value("TRAINING_EXTRA_ARGS", json.dumps(training.extra_args, sort_keys=True)))
+    if onnx.opset is not None:
+        env.append(env_value("EXPORT_ONNX_OPSET", onnx.opset))
+    if spec.publish.encryption_key_secret_ref:
+        env.append(env_value("ENCRYPTION_KEY_FILE", contract.ENCRYPTION_KEY_FILE))
+    s3 = spec.publish.s3
+    if s3:
+        env.append(env_value("S3_BUCKET", s3.bucket))
+        env.append(env_value("S3_PREFIX", s3.prefix))
+        if s3.endpoint:
+            env.append(env_value("S3_ENDPOINT", s3.endpoint))
+        if s3.region:
+            env.append(env_value("S3_REGION", s3.region))
+        creds = s3.credentials_secret_ref
+        env.append(env_from_secret("AWS_ACCESS_KEY_ID", creds.name, creds.access_key_id_key))
+        env.append(env_from_secret("AWS_SECRET_ACCESS_KEY", creds.name, creds.secret_access_key_key))
+    return env
+
+
+def trainer_resources(spec: TrainingRunSpec) -> dict[str, Any]:
+    limits: dict[str, str] = {}
+    if spec.resources.gpus > 0:
+        limits["nvidia.com/gpu"] = str(spec.resources.gpus)
+    if spec.resources.cpu:
+        limits["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        limits["memory"] = spec.resources.memory
+    return {"limits": limits, "requests": dict(limits)}
+
+
+def volumes(spec: TrainingRunSpec, data_mount_path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts: data, in-memory /dev/shm, writable /tmp, the encryption key."""
+    vols: list[dict[str, Any]] = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": spec.storage.claim_name}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "data", "mountPath": data_mount_path},
+        {"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108 - the pod's own shared memory
+        {"name": "tmp", "mountPath": TMP_MOUNT},
+    ]
+    key_ref = spec.publish.encryption_key_secret_ref
+    if key_ref:
+        vols.append(
+            {
+                "name": "encryption-key",
+                "secret": {
+                    "secretName": key_ref.name,
+                    "items": [{"key": key_ref.key, "path": "key"}],
+                    "defaultMode": 0o400,
+                },
+            }
+        )
+        mounts.append({"name": "encryption-key", "mountPath": contract.ENCRYPTION_KEY_MOUNT, "readOnly": True})
+    return vols, mounts
+
+
+def build_job(
+    meta: dict[str, Any],
+    spec: TrainingRunSpec,
+    attempt: int,
+    image: str,
+    config: OperatorConfig,
+    active_deadline_seconds: int | None = None,
+) -> dict[str, Any]:
+    """The Job of attempt ``attempt`` of the TrainingRun described by ``meta``/``spec``."""
+    name, namespace = meta["name"], meta["namespace"]
+    labels = {**run_labels(name), LABEL_ATTEMPT: str(attempt)}
+    vols, mounts = volumes(spec, config.data_mount_path)
+    runtime_class = spec.resources.runtime_class_name or ("nvidia" if spec.resources.gpus > 0 else None)
+    failure_rules = [
+        {
+            # Bad configuration or data: another attempt would fail the same way.
+            "action": "FailJob",
+            "onExitCodes": {
+                "containerName": TRAINER_CONTAINER,
+                "operator": "In",
+                "values": sorted(set(spec.failure_policy.permanent_exit_codes)),
+            },
+        },
+        {
+            # Eviction, preemption, node drain: not the trainer's fault. The Job
+            # replaces the pod (after the old one is gone) and it resumes.
+            "action": "Ignore",
+            "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+        },
+    ]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": trainer_service_account(name),
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
+        "securityContext": pod_security_context(config.run_as_user),
+        "nodeSelector": dict(spec.resources.node_selector),
+        "tolerations": [t.wire() for t in spec.resources.tolerations],
+        "containers": [
+            {
+                "name": TRAINER_CONTAINER,
+                "image": image,
+                "imagePullPolicy": config.image_pull_policy,
+                "command": ["azaion-train", "run"],
+                "env": trainer_env(spec, namespace, name, config),
+                "resources": trainer_resources(spec),
+                "securityContext": container_security_context(),
+                "volumeMounts": mounts,
+                "livenessProbe": {
+                    "exec": {
+                        "command": [
+                            "python",
+                            "-m",
+                            "azaion_workloads.heartbeat",
+                            "--max-age",
+                            str(spec.liveness_timeout_seconds),
+                        ]
+                    },
+                    "initialDelaySeconds": 60,
+                    "periodSeconds": 60,
+                    "timeoutSeconds": 20,
+                    "failureThreshold": 2,
+                },
+            }
+        ],
+        "volumes": vols,
+    }
+    if runtime_class:
+        pod_spec["runtimeClassName"] = runtime_class
+    if spec.resources.priority_class_name:
+        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "podReplacementPolicy": "Failed",
+        "podFailurePolicy": {"rules": failure_rules},
+        "template": {
+            "metadata": {
+                "labels": {**spec.pod_labels, **labels},
+                "annotations": dict(spec.pod_annotations),
+            },
+            "spec": pod_spec,
+        },
+    }
+    if active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name, attempt),
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(KIND, meta)],
+        },
+        "spec": job_spec,
+    }
+
+
+def build_trainer_identity(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding letting the run's pods patch only this run's status."""
+    name, namespace = meta["name"], meta["namespace"]
+    account = trainer_service_account(name)
+    owner = [owner_reference(KIND, meta)]
+    labels = run_labels(name)
+    common = {"namespace": namespace, "labels": labels, "ownerReferences": owner}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, **common}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": account, **common},
+            "rules": [
+                {
+                    "apiGroups": [contract.API_GROUP],
+                    "resources": [f"{PLURAL}/status"],
+                    "resourceNames": [name],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": account, **common},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ]
