@@ -1,0 +1,309 @@
+"""The steps of one training run, each skipped when its result is already there.
+
+dataset -> training -> export -> encrypt -> publish -> promote. Every step
+records what it produced (a manifest or a small JSON file in the run
+directory, written atomically after its outputs), so a retry after any crash
+continues at the first step whose record is missing or no longer matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from azaion_workloads.classes import ClassCatalog
+from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes
+from azaion_workloads.training import crypto
+from azaion_workloads.training.config import TrainingSettings
+from azaion_workloads.training.dataset import DATA_YAML, MANIFEST, DatasetBuilder
+from azaion_workloads.training.errors import PermanentError
+from azaion_workloads.training.progress import Progress, now_rfc3339
+from azaion_workloads.training.train import TrainingResult, sha256_file, train
+
+log = logging.getLogger(__name__)
+
+ENCRYPT_DONE = "encrypt.json"
+PUBLISH_DONE = "publish.json"
+
+
+def load_key(settings: TrainingSettings) -> tuple[bytes, str] | None:
+    """The encryption key and its id, or None when encryption is off.
+
+    Publishing never sends an unencrypted model, so with ``S3_BUCKET`` set (or
+    an explicit ``ENCRYPTION_KEY_FILE``) a missing or bad key is a permanent
+    error, found before any training time is spent.
+    """
+    needed = settings.publishing or settings.key_file_explicit
+    if not needed and not settings.key_file.exists():
+        log.info(
+            "no encryption key at %s and nothing to publish: not encrypting", settings.key_file
+        )
+        return None
+    try:
+        key = crypto.load_key(settings.key_file)
+    except crypto.CryptoError as error:
+        raise PermanentError(f"ENCRYPTION_KEY_FILE: {error}") from None
+    return key, settings.key_id or crypto.key_fingerprint(key)
+
+
+class Pipeline:
+    def __init__(self, settings: TrainingSettings, progress: Progress) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.root = settings.layout.root
+        self.run_dir = settings.run_dir
+        self.artifacts: dict[str, Any] = {}
+
+    def rel(self, path: Path) -> str:
+        return str(path.relative_to(self.root))
+
+    def report_artifacts(self, **fields: Any) -> None:
+        self.artifacts.update(fields)
+        self.progress.artifacts(**fields)
+
+    # Steps ---------------------------------------------------------------
+
+    def run(self) -> None:
+        settings = self.settings
+        key = load_key(settings)
+        if settings.model.endswith(".pt") and not Path(settings.model_source()).is_file():
+            raise PermanentError(
+                f"TRAINING_MODEL: {settings.model} does not exist in the data root"
+            )
+        settings.layout.ensure()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        data_yaml = self.dataset()
+        self.progress.stop.check("after dataset formation")
+        result = self.train(data_yaml)
+        self.progress.stop.check("after training")
+        model_file, model_sha = result.best, result.sha256
+        if settings.export_onnx:
+            model_file, model_sha = self.export(result)
+            self.progress.stop.check("after export")
+        encrypted = None
+        if key is not None:
+            encrypted = self.encrypt(model_file, model_sha, *key)
+            self.progress.stop.check("after encryption")
+        if settings.publishing:
+            assert encrypted is not None  # load_key guarantees a key when publishing
+            self.publish(encrypted, model_sha, result, key[1] if key else "")
+        if settings.promote:
+            self.promote(result)
+        self.progress.step("done", percent=100.0, etaSeconds=0)
+        log.info("run %s/%s done", settings.resource_namespace, settings.resource_name)
+
+    def dataset(self) -> Path:
+        settings = self.settings
+        self.progress.step("dataset")
+        try:
+            catalog = ClassCatalog.load(settings.classes_path)
+        except (ValidationError, ValueError) as error:
+            raise PermanentError(
+                f"{settings.classes_file}: invalid class definitions: {error}"
+            ) from None
+        builder = DatasetBuilder(
+            settings.layout,
+            settings.dataset_dir,
+            catalog,
+            settings.split,
+            settings.seed,
+            run=f"{settings.resource_namespace}/{settings.resource_name}",
+            on_progress=self.progress.beat,
+        )
+        manifest = builder.build()
+        self.report_artifacts(
+            dataset={
+                "path": self.rel(settings.dataset_dir),
+                "train": manifest.counts["train"],
+                "valid": manifest.counts["valid"],
+                "test": manifest.counts["test"],
+                "corrupted": manifest.corrupted,
+                "manifestSha256": sha256_file(settings.dataset_dir / MANIFEST),
+            }
+        )
+        return settings.dataset_dir / DATA_YAML
+
+    def train(self, data_yaml: Path) -> TrainingResult:
+        result = train(self.settings, data_yaml, self.progress)
+        self.report_artifacts(model=self.rel(result.best), modelSha256=result.sha256)
+        return result
+
+    def export(self, result: TrainingResult) -> tuple[Path, str]:
+        from azaion_workloads.training.export import export
+
+        self.progress.step("export")
+        exported = export(self.settings, result.best, result.sha256, self.progress)
+        self.report_artifacts(onnx=self.rel(exported.onnx), onnxSha256=exported.sha256)
+        return exported.onnx, exported.sha256
+
+    def encrypt(self, source: Path, source_sha: str, key: bytes, key_id: str) -> dict[str, Any]:
+        self.progress.step("encrypt")
+        target = self.run_dir / "artifacts" / f"{source.name}.enc"
+        done = self.run_dir / ENCRYPT_DONE
+        record = _read_json(done)
+        if (
+            record
+            and record.get("sourceSha256") == source_sha
+            and record.get("keyId") == key_id
+            and target.exists()
+            and sha256_file(target) == record.get("sha256")
+        ):
+            log.info("encryption already done (%s); skipping", target)
+        else:
+            crypto.encrypt_file(
+                source, target, key, key_id, on_chunk=lambda _n: self.progress.beat()
+            )
+            record = {
+                "source": self.rel(source),
+                "sourceSha256": source_sha,
+                "encrypted": self.rel(target),
+                "sha256": sha256_file(target),
+                "size": target.stat().st_size,
+                "keyId": key_id,
+                "format": {"algorithm": "AES-256-GCM", "version": crypto.VERSION},
+            }
+            atomic_write_bytes(done, json.dumps(record, indent=2).encode())
+        self.report_artifacts(encrypted=record["encrypted"], encryptedSha256=record["sha256"])
+        return record
+
+    def publish(
+        self, encrypted: dict[str, Any], plain_sha: str, result: TrainingResult, key_id: str
+    ) -> None:
+        from azaion_workloads.training.publish import (
+            AzaionApi,
+            Publisher,
+            S3Target,
+            small_part_size,
+        )
+
+        settings = self.settings
+        self.progress.step("publish")
+        assert settings.s3_bucket is not None
+        publisher = Publisher(
+            S3Target(
+                settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint, settings.s3_region
+            ),
+            on_progress=self.progress.beat,
+        )
+        path = self.root / encrypted["encrypted"]
+        size = int(encrypted["size"])
+        artifact: dict[str, Any] = {
+            "name": path.name,
+            "sha256": encrypted["sha256"],
+            "size": size,
+            "plainSha256": plain_sha,
+            "encryption": {
+                "algorithm": "AES-256-GCM",
+                "formatVersion": crypto.VERSION,
+                "keyId": key_id,
+            },
+        }
+        uris = []
+        if settings.api_url:
+            small = small_part_size(size)
+            data = path.read_bytes()
+            head, tail = data[:small], data[small:]
+            tail_sha = hashlib.sha256(tail).hexdigest()
+            tail_file = self.run_dir / "artifacts" / f"{path.name}.big"
+            atomic_write_bytes(tail_file, tail)
+            key = publisher.blob_key(tail_sha)
+            publisher.upload_blob(tail_file, tail_sha, len(tail))
+            assert settings.api_email and settings.api_password and settings.api_folder
+            api = AzaionApi(
+                settings.api_url, settings.api_email, settings.api_password.get_secret_value()
+            )
+            small_name = f"{path.name}.small"
+            api.upload(settings.api_folder, small_name, head)
+            artifact["split"] = {
+                "small": {
+                    "api": f"{settings.api_url.rstrip('/')}/resources/{settings.api_folder}",
+                    "name": small_name,
+                    "size": len(head),
+                    "sha256": hashlib.sha256(head).hexdigest(),
+                },
+                "big": {
+                    "key": key,
+                    "uri": publisher.uri(key),
+                    "size": len(tail),
+                    "sha256": tail_sha,
+                },
+            }
+            uris.append(publisher.uri(key))
+        else:
+            key = publisher.upload_blob(path, encrypted["sha256"], size)
+            artifact.update(key=key, uri=publisher.uri(key))
+            uris.append(publisher.uri(key))
+
+        dataset = self.artifacts.get("dataset", {})
+        manifest_key = publisher.manifest_key(settings.resource_namespace, settings.resource_name)
+        previous = publisher.get_json(manifest_key)
+        document = {
+            "schemaVersion": 1,
+            "run": {"namespace": settings.resource_namespace, "name": settings.resource_name},
+            "image": settings.image,
+            "model": {
+                "source": settings.model,
+                "epochs": settings.epochs,
+                "imgsz": settings.imgsz,
+                "bestEpoch": result.best_epoch,
+                "ptSha256": result.sha256,
+            },
+            "metrics": result.metrics,
+            "dataset": {
+                "manifestSha256": dataset.get("manifestSha256"),
+                "train": dataset.get("train"),
+                "valid": dataset.get("valid"),
+                "test": dataset.get("test"),
+            },
+            "artifacts": [artifact],
+        }
+        if previous is not None and {k: v for k, v in previous.items() if k != "publishedAt"} == {
+            k: v for k, v in json.loads(json.dumps(document)).items()
+        }:
+            log.info("manifest %s already published; skipping", manifest_key)
+            manifest_uri = publisher.uri(manifest_key)
+        else:
+            document["publishedAt"] = now_rfc3339()
+            manifest_uri = publisher.put_json(manifest_key, document)
+            log.info("published manifest %s", manifest_uri)
+        atomic_write_bytes(
+            self.run_dir / PUBLISH_DONE,
+            json.dumps({"manifestUri": manifest_uri, "publishedUris": uris}, indent=2).encode(),
+        )
+        self.publisher = publisher
+        self.manifest_key = manifest_key
+        self.report_artifacts(manifestUri=manifest_uri, publishedUris=[*uris, manifest_uri])
+
+    def promote(self, result: TrainingResult) -> None:
+        """Make this run's best model the current one, locally and in the store."""
+        self.progress.step("promote")
+        current = self.settings.layout.current_model
+        if not current.exists() or sha256_file(current) != result.sha256:
+            atomic_copy(result.best, current)
+            log.info("promoted %s to %s", self.rel(result.best), self.rel(current))
+        publisher = getattr(self, "publisher", None)
+        if publisher is not None:
+            publisher.put_json(
+                publisher.key("current.json"),
+                {
+                    "manifest": publisher.uri(self.manifest_key),
+                    "run": {
+                        "namespace": self.settings.resource_namespace,
+                        "name": self.settings.resource_name,
+                    },
+                    "promotedAt": now_rfc3339(),
+                },
+            )
+        self.report_artifacts(promoted=True)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
