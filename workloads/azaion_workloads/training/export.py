@@ -69,17 +69,13 @@ def export(
         "imgsz": settings.onnx_imgsz,
         "batch": settings.onnx_batch,
         "dynamic": settings.onnx_dynamic,
-        "half": settings.onnx_half,
         "nms": settings.onnx_nms,
         "device": "cpu",
     }
+    if settings.onnx_half:
+        options["quantize"] = 16  # ultralytics' name for an FP16 export
     if settings.onnx_opset is not None:
         options["opset"] = settings.onnx_opset
-    if settings.onnx_half:
-        # fp16 export needs a GPU in ultralytics; on the CPU it would silently be fp32.
-        from azaion_workloads.training.train import resolve_device
-
-        options["device"] = resolve_device(settings.device)
     with keepalive(progress, EXPORT_KEEPALIVE_SECONDS):
         produced = Path(YOLO(str(best)).export(**options))
     shapes = verify_onnx(produced, settings.onnx_batch, settings.onnx_imgsz)
@@ -125,7 +121,7 @@ def _tensorrt(
                 format="engine",
                 imgsz=settings.onnx_imgsz,
                 batch=settings.onnx_batch,
-                half=True,
+                quantize=16,
                 device=0,
             )
         )
