@@ -303,10 +303,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> TrainingSettings:
     env = os.environ if env is None else env
     problems: list[str] = []
     values: dict[str, Any] = {}
-    try:
+    for name in (contract.ENV_DATA_DIR, contract.ENV_DATA_SEED_DIR, contract.ENV_DATA_DELETED_DIR):
+        if name in env:
+            try:
+                safe_name(env[name])
+            except UnsafePathError as error:
+                problems.append(f"{name}: {error}")
+    if not problems:
         values["layout"] = DataLayout.from_env(env)
-    except UnsafePathError as error:
-        problems.append(f"data root directories: {error}")
     for name, (field, parse) in _ENV_FIELDS.items():
         raw = env.get(name)
         if raw is None or (raw.strip() == "" and field != "resource_name"):
