@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from azaion_workloads.training import crypto
 
 pytestmark = pytest.mark.unit

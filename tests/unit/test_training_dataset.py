@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from azaion_workloads.classes import ClassCatalog
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.training import dataset as ds
@@ -56,7 +55,7 @@ def test_same_seed_same_split_and_other_seed_differs() -> None:
     first = ds.assign_splits(names, SPLIT, seed=7)
     assert first == ds.assign_splits(list(reversed(names)), SPLIT, seed=7)
     assert first != ds.assign_splits(names, SPLIT, seed=8)
-    assert sorted(sum(first.values(), [])) == names
+    assert sorted(n for part in first.values() for n in part) == names
 
 
 def test_same_seed_gives_same_dataset_manifest(tmp_path: Path) -> None:
