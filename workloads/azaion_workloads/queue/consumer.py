@@ -1,0 +1,512 @@
+"""The consuming loop: subscribe, apply each message durably, store offsets, reconnect.
+
+Ordering guarantees, and why:
+
+* A message's effects are durable (files fsynced, renames fsynced) before its
+  offset can be stored; the offset file is written before the server-side
+  mirror. A crash at any point therefore replays, never skips.
+* rstream swallows exceptions raised in a message callback and treats the
+  message as delivered, so the callback catches everything itself. A failing
+  disk stops the consumer (exit code 1, restarted by Kubernetes) instead of
+  letting the stream move past a message that was not applied.
+* rstream's own recovery resubscribes from an in-memory position and gives up
+  silently after a few attempts; this loop owns reconnection instead: it
+  rebuilds the client with exponential backoff, forever, resuming right after
+  the last durable offset, and reports not ready meanwhile.
+* SIGTERM lets the message in hand finish, stores the offset and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import logging
+import os
+import random
+import signal
+import ssl
+import time
+from typing import Any
+
+from rstream import (
+    Consumer,
+    ConsumerOffsetSpecification,
+    MessageContext,
+    OffsetNotFound,
+    OffsetType,
+)
+from rstream.recovery import BackOffRecoveryStrategy
+
+from azaion_workloads import contract
+from azaion_workloads.fsutil import TEMP_PREFIX
+from azaion_workloads.queue.config import Config
+from azaion_workloads.queue.disk import DiskGuard
+from azaion_workloads.queue.health import HealthServer
+from azaion_workloads.queue.metrics import QueueMetrics
+from azaion_workloads.queue.offsets import CommitPolicy, OffsetFile, OffsetState
+from azaion_workloads.queue.processor import MessageProcessor, Outcome
+from azaion_workloads.queue.state import ConsumerState
+from azaion_workloads.queue.tail import TailProbe
+from azaion_workloads.status import StatusReporter
+
+log = logging.getLogger(__name__)
+
+#: Exit code when the environment (not a message) failed: Kubernetes restarts
+#: the pod and the consumer resumes from its stored offset.
+EXIT_RETRYABLE = 1
+#: Seconds allowed for connecting, subscribing and querying an offset.
+CONNECT_TIMEOUT = 15.0
+#: Resubscribe when messages are known to wait but none arrived for this long.
+STALL_SECONDS = 60.0
+#: Heartbeat asked of the broker; a dead peer is noticed within about twice this.
+HEARTBEAT_SECONDS = 20
+
+
+class Backoff:
+    """Exponential delays with jitter, so a fleet of restarts does not stampede."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 30.0) -> None:
+        self.initial, self.maximum = initial, maximum
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.maximum, self.initial * 2**self.attempt)
+        self.attempt += 1
+        return delay * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    settings = config.settings
+    if not settings.tls:
+        return None
+    cafile = str(settings.tls_ca_file) if settings.tls_ca_file else None
+    return ssl.create_default_context(cafile=cafile)
+
+
+class StreamConsumer:
+    def __init__(self, config: Config, reporter: StatusReporter | None = None) -> None:
+        self.config = config
+        self.settings = settings = config.settings
+        self.layout = config.layout
+        self.state = ConsumerState()
+        self.metrics = QueueMetrics(self.state)
+        self.processor = MessageProcessor(self.layout, settings.stream)
+        self.offsets = OffsetFile(settings.offset_file)
+        self.commits = CommitPolicy(settings.commit_every, settings.commit_interval_ms / 1000)
+        self.disk = DiskGuard(self.layout.root, settings.disk_warn_percent, settings.disk_critical_percent)
+        self.reporter = reporter
+        self.exit_code = contract.EXIT_OK
+        self._ssl = ssl_context(config)
+        self._stop = asyncio.Event()
+        self._lock = asyncio.Lock()  # held while a message is in hand or the offset is written
+        self._generation = 0  # bumps on every (re)subscription; stale callbacks do nothing
+        self._attempt = 0
+        self._lost = asyncio.Event()
+        self._consumer: Consumer | None = None
+        self._subscribed_at = 0.0
+        self._mirror_event = asyncio.Event()
+        self._mirrored: int | None = None  # last offset stored on the server
+        self._reported_waiting = False
+
+    # -- setup -------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Restore the stored position and clear what a crash may have left behind."""
+        for directory in [*self.layout.annotation_dirs(), self.layout.quarantine]:
+            directory.mkdir(parents=True, exist_ok=True)
+        self.settings.offset_file.parent.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for directory in [
+            *self.layout.annotation_dirs(),
+            self.layout.quarantine,
+            self.settings.offset_file.parent,
+        ]:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                        os.unlink(entry.path)
+                        removed += 1
+        if removed:
+            log.info("removed temporary files left by an interrupted run", extra={"count": removed})
+        stored = self.offsets.load(self.settings.stream)
+        if stored is not None:
+            st = self.state
+            st.processed_offset = st.committed_offset = stored.offset
+            st.messages_processed = stored.messages_processed
+            st.messages_quarantined = stored.messages_quarantined
+            st.last_message_time = stored.last_message_time
+            log.info(
+                "stored offset found",
+                extra={"offset": stored.offset, "file": str(self.settings.offset_file)},
+            )
+        self.disk.check()
+        self.state.disk_percent = self.disk.percent
+        self.state.disk_critical = self.disk.is_critical
+
+    def _new_consumer(self) -> Consumer:
+        settings = self.settings
+        self._attempt += 1
+        attempt = self._attempt
+        return Consumer(
+            settings.host,
+            settings.port,
+            username=settings.user,
+            password=settings.password.get_secret_value(),
+            vhost=settings.vhost,
+            ssl_context=self._ssl,
+            heartbeat=HEARTBEAT_SECONDS,
+            connection_name=f"azaion-queue-{settings.consumer_name}",
+            on_close_handler=functools.partial(self._on_connection_closed, attempt),
+            recovery_strategy=BackOffRecoveryStrategy(False),
+        )
+
+    def _probe_consumer(self) -> Consumer:
+        settings = self.settings
+        return Consumer(
+            settings.host,
+            settings.port,
+            username=settings.user,
+            password=settings.password.get_secret_value(),
+            vhost=settings.vhost,
+            ssl_context=self._ssl,
+            heartbeat=HEARTBEAT_SECONDS,
+            connection_name=f"azaion-queue-{settings.consumer_name}-probe",
+            recovery_strategy=BackOffRecoveryStrategy(False),
+        )
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            log.info("stopping: finishing the message in hand", extra={"reason": reason})
+        self.state.stopping = True
+        self._stop.set()
+
+    def _fail(self, error: BaseException) -> None:
+        if self.state.fatal is None:
+            log.error(
+                "stopping on an environment failure; the stored offset is kept",
+                exc_info=error,
+            )
+            self.state.fatal = f"{type(error).__name__}: {error}"
+        self.exit_code = EXIT_RETRYABLE
+        self.state.stopping = True
+        self._stop.set()
+
+    async def run(self, health: HealthServer | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
+        try:
+            self.prepare()
+        except OSError as error:
+            self._fail(error)
+            return self.exit_code
+        if health is not None:
+            health.start()
+        probe = TailProbe(self.settings.stream, self._probe_consumer)
+        background = [
+            asyncio.create_task(self._guarded(self._housekeeping())),
+            asyncio.create_task(self._guarded(self._commit_timer())),
+            asyncio.create_task(self._guarded(self._mirror_offsets())),
+            asyncio.create_task(self._guarded(self._report_status())),
+            asyncio.create_task(self._guarded(self._watch_tail(probe))),
+        ]
+        try:
+            await self._connection_loop()
+        finally:
+            self.state.stopping = True
+            async with self._lock:
+                try:
+                    await self._commit_locked()
+                except OSError as error:
+                    self._fail(error)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await probe.close()
+            await self._report_once(timeout=5)
+            if health is not None:
+                health.stop()
+        log.info(
+            "stopped",
+            extra={"offset": self.state.committed_offset, "exitCode": self.exit_code},
+        )
+        return self.exit_code
+
+    async def _guarded(self, coroutine: Any) -> None:
+        try:
+            await coroutine
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._fail(error)
+
+    # -- connection --------------------------------------------------------
+
+    async def _connection_loop(self) -> None:
+        backoff = Backoff()
+        first = True
+        while not self._stop.is_set():
+            if not first:
+                self.metrics.reconnects.inc()
+            first = False
+            consumer = self._new_consumer()
+            self._lost = lost = asyncio.Event()
+            try:
+                await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT)
+                spec, origin = await self._start_spec(consumer)
+                self._generation += 1
+                callback = functools.partial(self._on_message, self._generation)
+                await asyncio.wait_for(
+                    consumer.subscribe(
+                        self.settings.stream,
+                        callback,
+                        offset_specification=spec,
+                        subscriber_name=self.settings.consumer_name,
+                        initial_credit=10,
+                    ),
+                    CONNECT_TIMEOUT,
+                )
+                self._consumer = consumer
+                self.state.connected = True
+                self._subscribed_at = time.monotonic()
+                backoff.reset()
+                log.info(
+                    "subscribed",
+                    extra={
+                        "stream": self.settings.stream,
+                        "from": origin,
+                        "offsetType": spec.offset_type.name.lower(),
+                        "offset": spec.offset,
+                    },
+                )
+                await _first_of(self._stop.wait(), lost.wait())
+            except Exception as error:
+                log.warning(
+                    "cannot consume from the stream; retrying",
+                    extra={"error": f"{type(error).__name__}: {error}"[:300]},
+                )
+            finally:
+                self.state.connected = False
+                await self._close_consumer(consumer)
+            if not self._stop.is_set():
+                delay = backoff.next()
+                log.info("reconnecting", extra={"inSeconds": round(delay, 2)})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _start_spec(self, consumer: Consumer) -> tuple[ConsumerOffsetSpecification, str]:
+        """Right after the last durable offset; else the server's; else the configured start."""
+        st = self.state
+        if st.processed_offset is not None:
+            st.start_position = st.processed_offset + 1
+            return ConsumerOffsetSpecification(OffsetType.OFFSET, st.start_position), "file"
+        try:
+            stored = await asyncio.wait_for(
+                consumer.query_offset(self.settings.stream, self.settings.consumer_name),
+                CONNECT_TIMEOUT,
+            )
+        except OffsetNotFound:
+            stored = None
+        if stored is not None:
+            st.start_position = stored + 1
+            return ConsumerOffsetSpecification(OffsetType.OFFSET, st.start_position), "server"
+        start = self.settings.start_from
+        if start.kind == "first":
+            st.start_position = 0
+            return ConsumerOffsetSpecification(OffsetType.FIRST, None), "first"
+        st.start_position = None
+        if start.kind == "timestamp" and start.timestamp is not None:
+            milliseconds = int(start.timestamp.timestamp() * 1000)
+            return ConsumerOffsetSpecification(OffsetType.TIMESTAMP, milliseconds), "timestamp"
+        kind = OffsetType.LAST if start.kind == "last" else OffsetType.NEXT
+        return ConsumerOffsetSpecification(kind, None), start.kind
+
+    def _on_connection_closed(self, attempt: int, info: Any) -> None:
+        if attempt != self._attempt:
+            return
+        log.warning(
+            "stream connection lost",
+            extra={"reason": str(getattr(info, "reason", info))[:200]},
+        )
+        self.state.connected = False
+        self._lost.set()
+
+    async def _close_consumer(self, consumer: Consumer) -> None:
+        """Finish the message in hand, store the offset, then close the client."""
+        async with self._lock:
+            self._generation += 1  # callbacks still queued in the client do nothing now
+            try:
+                await self._commit_locked()
+            except OSError as error:
+                self._fail(error)
+            offset = self.state.committed_offset
+            self._consumer = None
+            if offset is not None and offset != self._mirrored and not self._lost.is_set():
+                await self._store_on_server(consumer, offset)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.close(), 10)
+
+    async def _store_on_server(self, consumer: Consumer, offset: int) -> None:
+        try:
+            await asyncio.wait_for(consumer.store_offset(self.settings.stream, self.settings.consumer_name, offset), 5)
+            self._mirrored = offset
+        except Exception as error:
+            log.debug("server-side offset not stored: %s", type(error).__name__)
+
+    # -- messages ----------------------------------------------------------
+
+    async def _on_message(self, generation: int, raw: bytes, context: MessageContext) -> None:
+        try:
+            if not self._wanted(generation, context.offset):
+                return
+            while self.disk.is_critical:  # paused: no credit is consumed while we wait here
+                if self._stop.is_set():
+                    return
+                await asyncio.sleep(0.5)
+            async with self._lock:
+                if not self._wanted(generation, context.offset):
+                    return
+                self.state.in_hand_since = time.monotonic()
+                try:
+                    outcome = await asyncio.to_thread(self.processor.process, raw, context.offset, context.timestamp)
+                finally:
+                    self.state.in_hand_since = None
+                self._record(outcome, context)
+                if self.commits.due():
+                    await self._commit_locked()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # never let rstream swallow it and move on
+            self._fail(error)
+
+    def _wanted(self, generation: int, offset: int) -> bool:
+        if generation != self._generation or self._stop.is_set():
+            return False
+        processed = self.state.processed_offset
+        return processed is None or offset > processed
+
+    def _record(self, outcome: Outcome, context: MessageContext) -> None:
+        st = self.state
+        st.processed_offset = context.offset
+        st.messages_processed += 1
+        if outcome.result == "quarantined":
+            st.messages_quarantined += 1
+            self.metrics.quarantined.labels(outcome.reason or "unknown").inc()
+        st.last_message_time = (
+            dt.datetime.fromtimestamp(context.timestamp / 1000, dt.UTC)
+            if context.timestamp
+            else dt.datetime.now(dt.UTC)
+        )
+        st.last_progress = time.monotonic()
+        self.metrics.messages.labels(outcome.kind, outcome.result).inc()
+        self.metrics.apply_seconds.observe(outcome.seconds)
+        self.commits.note()
+
+    # -- offsets -----------------------------------------------------------
+
+    async def _commit_locked(self) -> None:
+        """Write the offset file (the caller holds the lock); then mirror it to the server."""
+        st = self.state
+        if self.commits.pending == 0 or st.processed_offset is None:
+            return
+        snapshot = OffsetState(
+            stream=self.settings.stream,
+            offset=st.processed_offset,
+            messages_processed=st.messages_processed,
+            messages_quarantined=st.messages_quarantined,
+            last_message_time=st.last_message_time,
+        )
+        await asyncio.to_thread(self.offsets.save, snapshot)
+        self.commits.reset()
+        st.committed_offset = snapshot.offset
+        self.metrics.commits.inc()
+        self._mirror_event.set()
+
+    async def _commit_timer(self) -> None:
+        period = min(0.25, self.commits.interval / 2)
+        while True:
+            await asyncio.sleep(period)
+            if self.commits.due():
+                async with self._lock:
+                    if self.commits.due():
+                        await self._commit_locked()
+
+    async def _mirror_offsets(self) -> None:
+        """Copy committed offsets to the server (store_offset), latest first, best effort."""
+        while True:
+            await self._mirror_event.wait()
+            self._mirror_event.clear()
+            offset, consumer = self.state.committed_offset, self._consumer
+            if offset is None or consumer is None or offset == self._mirrored:
+                continue
+            await self._store_on_server(consumer, offset)
+
+    # -- periodic work -----------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """Liveness tick and disk guard, once a second."""
+        while True:
+            self.state.loop_tick = time.monotonic()
+            self.disk.check()
+            self.state.disk_percent = self.disk.percent
+            self.state.disk_critical = self.disk.is_critical
+            await asyncio.sleep(1.0)
+
+    async def _report_status(self) -> None:
+        while True:
+            await self._report_once(timeout=30)
+            await asyncio.sleep(self.settings.status_interval_seconds)
+
+    async def _report_once(self, timeout: float) -> None:
+        if self.reporter is None:
+            return
+        fields = self.state.status_fields()
+        if "messagesWaiting" in fields:
+            self._reported_waiting = True
+        elif self._reported_waiting:
+            fields["messagesWaiting"] = None  # merge patch: null removes a stale value
+            self._reported_waiting = False
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.reporter.report, fields), timeout)
+        except Exception as error:
+            log.warning("status report failed: %s", type(error).__name__)
+
+    async def _watch_tail(self, probe: TailProbe) -> None:
+        """Track the stream's newest offset; resubscribe when messages wait but none come."""
+        period = max(1.0, self.settings.status_interval_seconds)
+        while True:
+            tail = await probe.tail()
+            if tail is not None or not self.state.connected:
+                self.state.tail_offset = tail
+            st = self.state
+            waiting = st.messages_waiting()
+            if (
+                st.connected
+                and waiting
+                and not st.disk_critical
+                and st.in_hand_since is None
+                and time.monotonic() - max(st.last_progress or 0.0, self._subscribed_at) > STALL_SECONDS
+            ):
+                log.warning(
+                    "messages wait but none arrive: resubscribing",
+                    extra={"waiting": waiting, "offset": st.processed_offset},
+                )
+                self._lost.set()
+            await asyncio.sleep(period)
+
+
+async def _first_of(*awaitables: Any) -> None:
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,113 @@
+"""One stream entry in, its durable effect out: applied, or quarantined with a reason.
+
+This is the synchronous heart of the consumer (it runs in a worker thread so
+the event loop keeps serving heartbeats). Input can never make it raise: a
+message that cannot be decoded or applied goes to quarantine. Only a failure
+of the environment (the disk) propagates, because no message is to blame and
+the stream must not move past it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from azaion_workloads.classes import ClassCatalog
+from azaion_workloads.layout import DataLayout
+from azaion_workloads.queue.apply import Applier, Effects
+from azaion_workloads.queue.quarantine import Quarantine
+from azaion_workloads.queue.wire import (
+    AnnotationMessage,
+    AnnotationStatus,
+    MalformedMessage,
+    decode,
+    status_property,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """``kind`` is the message type (or ``unknown``); ``result`` applied/quarantined."""
+
+    kind: str
+    result: str
+    effects: Effects | None = None
+    reason: str | None = None
+    seconds: float = 0.0
+
+
+class MessageProcessor:
+    def __init__(self, layout: DataLayout, stream: str) -> None:
+        self.layout = layout
+        self.applier = Applier(layout)
+        self.quarantine = Quarantine(layout.quarantine, stream)
+        self._catalog_stamp: tuple[int, int] | None = None
+        self._valid_ids = ClassCatalog.default().valid_ids()
+        self._reload_classes()
+
+    def _reload_classes(self) -> None:
+        """Pick up a new classes.json without a restart (checked by mtime and size)."""
+        path = self.layout.classes_file
+        try:
+            info = os.stat(path)
+            stamp: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._catalog_stamp and self._catalog_stamp is not None:
+            return
+        try:
+            self._valid_ids = ClassCatalog.load(path).valid_ids()
+        except Exception as error:  # a bad file keeps the last good catalogue
+            log.error("cannot read %s, keeping the previous classes: %s", path, error)
+        self._catalog_stamp = stamp
+
+    def process(self, raw: bytes, offset: int, stored_at_ms: int | None) -> Outcome:
+        started = time.perf_counter()
+        self._reload_classes()
+        kind = "unknown"
+        try:
+            message = decode(raw, self._valid_ids)
+            kind = message.status.label
+            effects = self.applier.apply(message)
+        except MalformedMessage as error:
+            if error.status is not None:
+                kind = error.status.label
+            return self._quarantine(raw, offset, stored_at_ms, error, kind, started)
+        except OSError:
+            raise  # the disk failed, not the message: do not move past it
+        except Exception as error:  # a defect here must not stop the stream either
+            log.exception("unexpected error on message at offset %d", offset)
+            wrapped = MalformedMessage("internal", f"{type(error).__name__} while processing")
+            return self._quarantine(raw, offset, stored_at_ms, wrapped, kind, started)
+        seconds = time.perf_counter() - started
+        details: dict[str, object] = {"offset": offset, "type": kind, "seconds": round(seconds, 4)}
+        if isinstance(message, AnnotationMessage):
+            details.update(
+                annotation=message.name,
+                validator=message.by_validator,
+                detections=len(message.detections),
+            )
+        elif message.status in (AnnotationStatus.VALIDATED, AnnotationStatus.DELETED):
+            details["names"] = len(message.names)
+        log.debug("applied", extra=details)
+        return Outcome(kind, "applied", effects=effects, seconds=seconds)
+
+    def _quarantine(
+        self,
+        raw: bytes,
+        offset: int,
+        stored_at_ms: int | None,
+        error: MalformedMessage,
+        kind: str,
+        started: float,
+    ) -> Outcome:
+        self.quarantine.put(offset, raw, error, stored_at_ms, status_property(raw))
+        log.warning(
+            "message quarantined",
+            extra={"offset": offset, "type": kind, "reason": str(error), "kind": error.kind},
+        )
+        return Outcome(kind, "quarantined", reason=error.kind, seconds=time.perf_counter() - started)

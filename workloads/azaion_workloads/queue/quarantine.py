@@ -1,0 +1,59 @@
+"""Where messages that cannot be applied go: nothing is dropped silently.
+
+Each quarantined message becomes two files named after its stream offset:
+``<offset>.msg`` (the stream entry exactly as received, so it can be examined
+or replayed by hand) and ``<offset>.json`` (offset, stream, reason). The
+record holds nothing that changes between runs, so a replay after a crash
+rewrites identical files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from azaion_workloads.fsutil import atomic_write_bytes
+from azaion_workloads.queue.wire import MalformedMessage
+
+
+def record_name(offset: int) -> str:
+    # Zero padding keeps a directory listing in stream order.
+    return f"{offset:020d}"
+
+
+class Quarantine:
+    def __init__(self, directory: Path, stream: str) -> None:
+        self.directory = directory
+        self.stream = stream
+
+    def put(
+        self,
+        offset: int,
+        raw: bytes,
+        error: MalformedMessage,
+        stored_at_ms: int | None,
+        status_property: str | None,
+    ) -> Path:
+        """Keep the message and why it was refused; return the record's path."""
+        stem = record_name(offset)
+        atomic_write_bytes(self.directory / f"{stem}.msg", raw)
+        record = {
+            "offset": offset,
+            "stream": self.stream,
+            "kind": error.kind,
+            "reason": str(error),
+            "annotationStatus": status_property,
+            "storedAt": _iso(stored_at_ms),
+            "bytes": len(raw),
+        }
+        # The record is written last: a .json file means the .msg beside it is whole.
+        path = self.directory / f"{stem}.json"
+        atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        return path
+
+
+def _iso(milliseconds: int | None) -> str | None:
+    if not milliseconds:
+        return None
+    return dt.datetime.fromtimestamp(milliseconds / 1000, dt.UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,96 @@
+"""What the consumer knows about itself, shared by the loop, the probes and the status.
+
+The event loop writes; the HTTP thread only reads single attributes, which is
+safe under the GIL and never blocks message handling.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+#: /healthz fails when the event loop has not ticked for this long.
+LOOP_STALE_SECONDS = 30.0
+#: ... or when one message has been in hand for this long (a hung disk).
+IN_HAND_STALE_SECONDS = 300.0
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class ConsumerState:
+    loop_tick: float = field(default_factory=time.monotonic)
+    connected: bool = False
+    stopping: bool = False
+    fatal: str | None = None
+    disk_percent: float | None = None
+    disk_critical: bool = False
+    in_hand_since: float | None = None
+    #: Last offset whose effects are durable (None before the first message).
+    processed_offset: int | None = None
+    #: First offset the subscription can deliver, when known (offset or first).
+    start_position: int | None = None
+    tail_offset: int | None = None
+    last_progress: float | None = None
+    messages_processed: int = 0
+    messages_quarantined: int = 0
+    last_message_time: dt.datetime | None = None
+    committed_offset: int | None = None
+
+    def messages_waiting(self) -> int | None:
+        """Offsets between the last processed message and the stream's newest one.
+
+        Offset-tracking records take offset slots too, so while behind this is
+        an upper bound; when caught up it is exactly 0. None when unknown.
+        """
+        if self.tail_offset is None:
+            return None
+        if self.processed_offset is not None:
+            return max(0, self.tail_offset - self.processed_offset)
+        if self.start_position is not None:
+            return max(0, self.tail_offset - self.start_position + 1)
+        return None
+
+    def liveness_problems(self, now: float | None = None) -> list[str]:
+        now = time.monotonic() if now is None else now
+        problems = []
+        if now - self.loop_tick > LOOP_STALE_SECONDS:
+            problems.append(f"event loop silent for {now - self.loop_tick:.0f}s")
+        if self.in_hand_since is not None and now - self.in_hand_since > IN_HAND_STALE_SECONDS:
+            problems.append(f"one message in hand for {now - self.in_hand_since:.0f}s")
+        if self.fatal:
+            problems.append(f"fatal: {self.fatal}")
+        return problems
+
+    def readiness_problems(self, now: float | None = None) -> list[str]:
+        problems = self.liveness_problems(now)
+        if not self.connected:
+            problems.append("not subscribed to the stream")
+        if self.disk_critical:
+            problems.append(f"data volume {self.disk_percent:.1f}% full: consuming paused")
+        if self.stopping:
+            problems.append("shutting down")
+        return problems
+
+    def status_fields(self) -> dict[str, Any]:
+        """The AnnotationConsumer status keys this workload owns."""
+        fields: dict[str, Any] = {
+            "messagesProcessed": self.messages_processed,
+            "messagesQuarantined": self.messages_quarantined,
+            "connected": self.connected,
+            "reportedAt": rfc3339(dt.datetime.now(dt.UTC)),
+        }
+        if self.processed_offset is not None:
+            fields["offset"] = self.processed_offset
+        if self.last_message_time is not None:
+            fields["lastMessageTime"] = rfc3339(self.last_message_time)
+        if self.disk_percent is not None:
+            fields["diskUsagePercent"] = round(self.disk_percent, 2)
+        waiting = self.messages_waiting()
+        if waiting is not None:
+            fields["messagesWaiting"] = waiting
+        return fields
