@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from azaion_workloads import contract
 from azaion_workloads.training.synthetic import write_annotations, write_bad_annotations
+
 from tests.fixtures.processes import ManagedProcess, wait_until
 from tests.fixtures.s3 import S3Server
 
@@ -307,10 +307,20 @@ def test_kill_sigterm_and_corrupt_checkpoint_resume(tmp_path: Path) -> None:
 def test_network_guard_refuses_and_records(tmp_path: Path) -> None:
     """The guard the other tests rely on really blocks and logs an attempt."""
     run = Run(tmp_path, "guard")
-    probe = "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), timeout=1)\nexcept OSError as e:\n    print(type(e).__name__)\n"
+    probe = textwrap.dedent(
+        """
+        import socket
+        for attempt in (lambda: socket.socket().connect(("192.0.2.1", 80)),
+                        lambda: socket.getaddrinfo("example.com", 443)):
+            try:
+                attempt()
+            except OSError as error:
+                print(type(error).__name__)
+        """
+    )
     result = subprocess.run([sys.executable, "-c", probe], env=run.env, capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "ConnectionRefusedError"
-    assert "192.0.2.1" in run.network_attempts()
+    assert result.stdout.split() == ["ConnectionRefusedError", "gaierror"]
+    assert "192.0.2.1" in run.network_attempts() and "example.com" in run.network_attempts()
 
 
 def test_bad_settings_exit_78_and_write_nothing(tmp_path: Path) -> None:
