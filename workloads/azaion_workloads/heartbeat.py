@@ -32,11 +32,11 @@ class Heartbeat:
     def __init__(self, path: Path | None = None, interval: float = 5.0) -> None:
         self.path = path or heartbeat_path()
         self.interval = interval
-        self._last = 0.0
+        self._last: float | None = None
 
     def beat(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last < self.interval:
+        if not force and self._last is not None and now - self._last < self.interval:
             return
         self._last = now
         try:
