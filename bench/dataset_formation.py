@@ -35,8 +35,8 @@ def make_store(data: Path, count: int, size: int) -> int:
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=85)
         pool.append(buffer.getvalue())
-    (data / "images").mkdir(parents=True)
-    (data / "labels").mkdir(parents=True)
+    (data / "images").mkdir(parents=True, exist_ok=True)
+    (data / "labels").mkdir(parents=True, exist_ok=True)
     boxes = random.Random(0)
     total = 0
     for index in range(count):
