@@ -334,3 +334,21 @@ def test_bad_settings_exit_78_and_write_nothing(tmp_path: Path) -> None:
     assert time.monotonic() - started < 60
     after = sorted(p for p in tmp_path.rglob("*") if p.name != "bad.log")
     assert after == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"TRAINING_MODEL": "models/local/earlier/weights/best.pt"}, "does not exist in the data root"),
+        ({"S3_BUCKET": "models", "ENCRYPTION_KEY_FILE": "/nonexistent/key"}, "ENCRYPTION_KEY_FILE"),
+    ],
+    ids=["missing-start-model", "publishing-without-key"],
+)
+def test_permanent_problems_are_found_before_training(tmp_path: Path, extra: dict[str, str], message: str) -> None:
+    run = Run(tmp_path, "early", **extra)
+    _dataset(run.root)
+    code, log = run.run("early.log", timeout=120)
+    assert code == contract.EXIT_PERMANENT, log[-3000:]
+    assert message in log
+    assert not (run.root / "datasets" / "local" / "early").exists()
+    assert not (run.run_dir / "weights").exists()
