@@ -8,7 +8,11 @@ exactly one live directory (``data/`` for validators, ``data-seed/`` for
 everyone else), a Validated one is moved from seed to data, a Deleted one is
 moved to ``data_deleted/``. Moving a file that is already where it belongs, or
 is missing, is a logged no-op. Replaying any suffix of the stream therefore
-ends in the same tree as applying it once.
+ends in the same tree as applying it once. For that, deletion is final: a
+Created/Edited message for a name that only exists in ``data_deleted/``
+updates the deleted copy instead of bringing the annotation back (names are
+UUIDs the platform never reuses, so only duplicates and edits racing a
+deletion arrive there).
 
 Writes go through :mod:`azaion_workloads.fsutil`: temporary file, fsync,
 rename, fsync of the directory, so a reader never sees half a file.
@@ -119,13 +123,30 @@ class Applier:
             )
         return effects
 
+    def _is_deleted(self, name: str) -> bool:
+        """In data_deleted/ and in no live directory: deleted for good."""
+        for base in (self.layout.data, self.layout.seed):
+            if self._images(base, name) or self._label(base, name).exists():
+                return False
+        deleted = self.layout.deleted
+        return bool(self._images(deleted, name)) or self._label(deleted, name).exists()
+
     def _annotation(self, message: AnnotationMessage, effects: Effects) -> None:
-        """Created/Edited: the annotation ends up whole in the directory its role picks."""
-        if message.by_validator:
-            target, other = self.layout.data, self.layout.seed
-        else:
-            target, other = self.layout.seed, self.layout.data
+        """Created/Edited: the annotation ends up whole in the directory its role picks.
+
+        A deleted annotation stays deleted: an edit (or a duplicate create)
+        that arrives after its deletion updates the copy in data_deleted/. This
+        is what makes replays converge: otherwise replaying a Deleted would move
+        files written by a *later* edit into data_deleted/.
+        """
         name = message.name
+        others: tuple[Path, ...]
+        if self._is_deleted(name):
+            target, others = self.layout.deleted, ()
+        elif message.by_validator:
+            target, others = self.layout.data, (self.layout.seed,)
+        else:
+            target, others = self.layout.seed, (self.layout.data,)
         if message.image is not None:
             destination = target / "images" / message.image_file
             atomic_write_bytes(destination, message.image)
@@ -133,25 +154,27 @@ class Applier:
             for stale in self._images(target, name):
                 if stale != destination:
                     self._remove(stale, effects)
-            for stale in self._images(other, name):
-                self._remove(stale, effects)
+            for other in others:
+                for stale in self._images(other, name):
+                    self._remove(stale, effects)
         elif not self._images(target, name):
             # An edit carries no image: bring the existing one along (seed -> data
             # when a validator edits, data -> seed when an operator does).
             moved = False
-            for image in self._images(other, name):
-                moved |= self._move(image, target / "images" / image.name, effects)
+            for other in others:
+                for image in self._images(other, name):
+                    moved |= self._move(image, target / "images" / image.name, effects)
             if not moved:
                 effects.missing.append(name)
                 log.warning(
-                    "edited annotation has no image in %s or %s: label written alone",
-                    target.name,
-                    other.name,
-                    extra={"annotation": name},
+                    "edited annotation has no image: label written alone",
+                    extra={"annotation": name, "directory": target.name},
                 )
         else:
-            for stale in self._images(other, name):
-                self._remove(stale, effects)
+            for other in others:
+                for stale in self._images(other, name):
+                    self._remove(stale, effects)
         atomic_write_bytes(self._label(target, name), label_text(message.detections).encode())
         effects.written += 1
-        self._remove(self._label(other, name), effects)
+        for other in others:
+            self._remove(self._label(other, name), effects)
