@@ -13,6 +13,7 @@ import pytest
 
 pytest_plugins = [
     "tests.fixtures.kube",
+    "tests.fixtures.operator",
     "tests.fixtures.rabbitmq",
     "tests.fixtures.s3",
 ]
@@ -25,6 +26,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="use the cluster in this kubeconfig (kind, k3s...) instead of starting "
         "the local control plane; the cluster needs a node with nvidia.com/gpu capacity",
+    )
+    group.addoption(
+        "--external-operator",
+        action="store_true",
+        help="an operator already runs in the cluster (installed with helm): start none",
     )
     group.addoption(
         "--rabbitmq",

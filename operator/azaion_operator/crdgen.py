@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 from azaion_workloads.contract import API_GROUP, API_VERSION
 from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIRS = [REPO / "crds"]
@@ -26,17 +28,31 @@ CRD_DIRS = [REPO / "crds"]
 _DROP = {"title", "discriminator"}
 
 
-def structural(schema: dict[str, Any], defs: dict[str, Any], default_objects: bool = False) -> dict[str, Any]:
-    """Inline references and rewrite JSON Schema into the API server's dialect.
+class _FactoryDefaults(GenerateJsonSchema):
+    """Also emit defaults that come from a ``default_factory``.
 
-    With ``default_objects``, optional nested objects default to ``{}`` so that
-    the API server fills in their fields' defaults and stores the effective
-    settings (``kubectl get -o yaml`` shows what the run really uses).
+    Nested objects then default to their full default value, so the API server
+    stores the effective settings (``kubectl get -o yaml`` shows what a run
+    really uses) and ``kubectl explain`` shows every default.
     """
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            value = factory()  # type: ignore[call-arg]
+            if isinstance(value, BaseModel):
+                value = value.model_dump(by_alias=True, mode="json", exclude_none=True)
+            schema = {**schema, "default": value}
+            schema.pop("default_factory")
+        return super().default_schema(schema)
+
+
+def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """Inline references and rewrite JSON Schema into the API server's dialect."""
     if "$ref" in schema:
         target = defs[schema["$ref"].rsplit("/", 1)[-1]]
-        merged = {**structural(target, defs, default_objects), **{k: v for k, v in schema.items() if k != "$ref"}}
-        return structural(merged, defs, default_objects) if "$ref" in merged else merged
+        merged = {**structural(target, defs), **{k: v for k, v in schema.items() if k != "$ref"}}
+        return structural(merged, defs) if "$ref" in merged else merged
 
     out: dict[str, Any] = {}
     variants = schema.get("anyOf")
@@ -44,22 +60,15 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], default_objects: bo
         non_null = [v for v in variants if v.get("type") != "null"]
         if len(non_null) != 1:
             raise ValueError(f"unions other than Optional[X] have no structural form: {schema}")
-        out.update(structural(non_null[0], defs, default_objects))
+        out.update(structural(non_null[0], defs))
         out["nullable"] = True
     for key, value in schema.items():
         if key in _DROP or key == "anyOf" or key == "$defs":
             continue
         if key == "properties":
-            required = set(schema.get("required", []))
-            out["properties"] = {}
-            for name, sub in value.items():
-                prop = structural(sub, defs, default_objects)
-                is_object = prop.get("type") == "object" and "properties" in prop
-                if default_objects and is_object and name not in required and not prop.get("nullable"):
-                    prop.setdefault("default", {})
-                out["properties"][name] = prop
+            out["properties"] = {name: structural(sub, defs) for name, sub in value.items()}
         elif key in ("items", "additionalProperties") and isinstance(value, dict):
-            out[key] = structural(value, defs, default_objects)
+            out[key] = structural(value, defs)
         elif key == "exclusiveMinimum":
             out["minimum"], out["exclusiveMinimum"] = value, True
         elif key == "exclusiveMaximum":
@@ -79,9 +88,9 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], default_objects: bo
     return out
 
 
-def openapi_schema(model: type[BaseModel], default_objects: bool = False) -> dict[str, Any]:
-    raw = model.model_json_schema(by_alias=True, mode="validation")
-    return structural(raw, raw.get("$defs", {}), default_objects)
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation", schema_generator=_FactoryDefaults)
+    return structural(raw, raw.get("$defs", {}))
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,7 @@ class CrdSource:
 
 
 def build_crd(source: CrdSource) -> dict[str, Any]:
-    spec = openapi_schema(source.spec_model, default_objects=True)
+    spec = openapi_schema(source.spec_model)
     status = openapi_schema(source.status_model)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from azaion_workloads.contract import EXIT_PERMANENT
 from azaion_workloads.training.config import ALLOWED_EXTRA_ARGS, OPTIMIZERS
-from pydantic import Field, WithJsonSchema
+from pydantic import AfterValidator, Field, WithJsonSchema
 
 from azaion_operator.models.common import (
     DNS_SUBDOMAIN_PATTERN,
@@ -32,17 +32,40 @@ def cel(rule: str, message: str) -> dict[str, Any]:
 
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
 
-_EXTRA_ARGS_RULE = "self.all(k, k in [" + ", ".join(f"'{a}'" for a in sorted(ALLOWED_EXTRA_ARGS)) + "])"
+# Types of the ultralytics train() arguments that extraArgs may set; the keys
+# are exactly the workload's allow-list (a unit test keeps the two equal).
+_BOOLEAN_ARGS = {"cos_lr", "amp", "deterministic", "single_cls", "rect", "multi_scale", "val", "plots"}
+_INTEGER_ARGS = {"close_mosaic", "nbs", "seed", "freeze"}
+_STRING_ARGS = {"auto_augment", "cache"}
+
+
+def _extra_arg_schema(name: str) -> dict[str, Any]:
+    if name in _BOOLEAN_ARGS:
+        return {"type": "boolean"}
+    if name in _INTEGER_ARGS:
+        return {"type": "integer"}
+    if name in _STRING_ARGS:
+        return {"type": "string"}
+    return {"type": "number"}
+
+
 ExtraArgs = Annotated[
-    dict[str, Any],
+    dict[str, bool | int | float | str],
     WithJsonSchema(
         {
             "type": "object",
-            "additionalProperties": {"x-kubernetes-preserve-unknown-fields": True},
-            **cel(_EXTRA_ARGS_RULE, "extraArgs may only set: " + ", ".join(sorted(ALLOWED_EXTRA_ARGS))),
+            "properties": {name: _extra_arg_schema(name) for name in sorted(ALLOWED_EXTRA_ARGS)},
         }
     ),
+    AfterValidator(lambda value: _only_allowed(value)),
 ]
+
+
+def _only_allowed(value: dict[str, Any]) -> dict[str, Any]:
+    refused = sorted(set(value) - ALLOWED_EXTRA_ARGS)
+    if refused:
+        raise ValueError(f"extraArgs may not set: {', '.join(refused)}")
+    return value
 
 
 class DatasetSource(StrEnum):

@@ -1,0 +1,112 @@
+"""The operator's I/O with the API server, in one place."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from azaion_workloads.contract import API_GROUP, API_VERSION
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+
+@functools.cache
+def api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client())
+
+
+def core() -> client.CoreV1Api:
+    return client.CoreV1Api(api_client())
+
+
+def batch() -> client.BatchV1Api:
+    return client.BatchV1Api(api_client())
+
+
+def get_resource(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return custom().get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural, name)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def list_resources(plural: str) -> list[dict[str, Any]]:
+    return custom().list_cluster_custom_object(API_GROUP, API_VERSION, plural)["items"]
+
+
+def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    custom().patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, plural, name, {"status": status})
+
+
+def create(obj: dict[str, Any]) -> bool:
+    """Create ``obj``; False when it already exists (a replayed decision)."""
+    try:
+        _dynamic_create(obj)
+        return True
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+
+
+def _dynamic_create(obj: dict[str, Any]) -> None:
+    namespace = obj["metadata"]["namespace"]
+    kind = obj["kind"]
+    if kind == "Job":
+        batch().create_namespaced_job(namespace, obj)
+    elif kind == "ServiceAccount":
+        core().create_namespaced_service_account(namespace, obj)
+    elif kind == "PersistentVolumeClaim":
+        core().create_namespaced_persistent_volume_claim(namespace, obj)
+    elif kind == "Role":
+        client.RbacAuthorizationV1Api(api_client()).create_namespaced_role(namespace, obj)
+    elif kind == "RoleBinding":
+        client.RbacAuthorizationV1Api(api_client()).create_namespaced_role_binding(namespace, obj)
+    elif kind == "Deployment":
+        client.AppsV1Api(api_client()).create_namespaced_deployment(namespace, obj)
+    else:
+        raise ValueError(f"no create for kind {kind}")
+
+
+def read_job(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        job = batch().read_namespaced_job(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return api_client().sanitize_for_serialization(job)
+
+
+def list_pods(namespace: str | None, label_selector: str) -> list[dict[str, Any]]:
+    if namespace is None:
+        pods = core().list_pod_for_all_namespaces(label_selector=label_selector)
+    else:
+        pods = core().list_namespaced_pod(namespace, label_selector=label_selector)
+    return api_client().sanitize_for_serialization(pods)["items"]
+
+
+def list_nodes() -> list[dict[str, Any]]:
+    return api_client().sanitize_for_serialization(core().list_node())["items"]
+
+
+def delete_job(namespace: str, name: str) -> None:
+    try:
+        batch().delete_namespaced_job(name, namespace, propagation_policy="Background")
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def delete_jobs(namespace: str, label_selector: str) -> None:
+    batch().delete_collection_namespaced_job(namespace, label_selector=label_selector, propagation_policy="Background")

@@ -1,0 +1,322 @@
+"""The TrainingRun state machine, as a pure function of what the API server shows.
+
+:func:`decide` reads the run, its current Job and that Job's pods, and says
+what to create or delete and which status fields to write. It keeps no state
+of its own: failures and preemptions are counted from the attempt history in
+the status, so deciding twice on the same inputs (a retried handler, a
+restarted operator) yields the same result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azaion_operator.models.trainingrun import Phase, TrainingRunSpec
+from azaion_operator.names import job_name
+from azaion_operator.outcomes import AttemptOutcome, classify, is_disrupted, pod_problem
+
+MAX_BACKOFF = timedelta(minutes=10)
+TERMINAL = {Phase.SUCCEEDED.value, Phase.FAILED.value}
+# In the attempt history every failure is "Failed"; its reason says which kind.
+_HISTORY_OUTCOME = {"PermanentError": "Failed", "DeadlineExceeded": "Failed"}
+
+
+@dataclass(frozen=True)
+class Admission:
+    admitted: bool
+    position: int | None = None
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any] = field(default_factory=dict)
+    create_attempt: int | None = None
+    job_deadline_seconds: int | None = None
+    delete_jobs: list[str] = field(default_factory=list)
+    delete_all_jobs: bool = False
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+    @property
+    def frees_gpus(self) -> bool:
+        return bool(self.delete_jobs) or self.status.get("phase") in TERMINAL | {Phase.SUSPENDED.value}
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def needs_admission(spec: TrainingRunSpec, status: dict[str, Any], job: dict[str, Any] | None) -> bool:
+    """Only a GPU run about to start an attempt has to ask the queue."""
+    attempt_active = job is not None and _open_attempt(
+        status.get("attemptHistory") or [], int(status.get("attempts") or 0)
+    )
+    return not attempt_active and spec.resources.gpus > 0 and not spec.suspend and status.get("phase") not in TERMINAL
+
+
+# Reasons a Pending run is stuck rather than on its way.
+STUCK_REASONS = {"ImagePullBackOff", "CreateContainerConfigError", "Unschedulable"}
+
+
+def _conditions(phase: str, reason: str, message: str, now: str, generation: int) -> list[dict[str, Any]]:
+    """One condition per question a user asks: is it progressing, did it succeed, did it fail."""
+    progressing = phase in (Phase.PENDING, Phase.RUNNING) and reason not in STUCK_REASONS
+    return [
+        {
+            "type": "Progressing",
+            "status": "True" if progressing else "False",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now,
+            "observedGeneration": generation,
+        },
+        {
+            "type": "Succeeded",
+            "status": "True" if phase == Phase.SUCCEEDED else "False",
+            "reason": reason if phase == Phase.SUCCEEDED else "NotFinished" if phase not in TERMINAL else reason,
+            "message": message if phase in TERMINAL else "",
+            "lastTransitionTime": now,
+            "observedGeneration": generation,
+        },
+        {
+            "type": "Failed",
+            "status": "True" if phase == Phase.FAILED else "False",
+            "reason": reason if phase == Phase.FAILED else "NoFailure",
+            "message": message if phase == Phase.FAILED else "",
+            "lastTransitionTime": now,
+            "observedGeneration": generation,
+        },
+    ]
+
+
+def _keep_transition_times(new: list[dict[str, Any]], old: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    previous = {c.get("type"): c for c in old or []}
+    for condition in new:
+        before = previous.get(condition["type"])
+        if before and before.get("status") == condition["status"] and before.get("reason") == condition["reason"]:
+            condition["lastTransitionTime"] = before.get("lastTransitionTime", condition["lastTransitionTime"])
+    return new
+
+
+class _Builder:
+    """Accumulates one decision; ``set_phase`` also writes conditions and an Event on change."""
+
+    def __init__(self, meta: dict[str, Any], status: dict[str, Any], now: datetime) -> None:
+        self.meta, self.old, self.now = meta, status, now
+        self.decision = Decision()
+        self.history: list[dict[str, Any]] = [dict(r) for r in status.get("attemptHistory") or []]
+
+    def set_phase(self, phase: Phase, reason: str, message: str, event_type: str = "Normal") -> None:
+        status = self.decision.status
+        status["phase"] = phase.value
+        status["observedGeneration"] = self.meta.get("generation", 1)
+        conditions = _conditions(phase.value, reason, message, timestamp(self.now), self.meta.get("generation", 1))
+        status["conditions"] = _keep_transition_times(conditions, self.old.get("conditions"))
+        old_progressing = next((c for c in self.old.get("conditions") or [] if c.get("type") == "Progressing"), {})
+        if self.old.get("phase") != phase.value or old_progressing.get("reason") != reason:
+            self.decision.events.append((event_type, reason, message))
+
+    def record(self, attempt: int, outcome: AttemptOutcome | None, *, kind: str | None = None) -> None:
+        """Close (or open) the history entry of ``attempt``."""
+        entry = next((r for r in self.history if r.get("attempt") == attempt), None)
+        if entry is None:
+            entry = {
+                "attempt": attempt,
+                "jobName": job_name(self.meta["name"], attempt),
+                "outcome": "Running",
+                "startedAt": timestamp(self.now),
+            }
+            self.history.append(entry)
+        if outcome is not None:
+            entry.update(
+                outcome=kind or _HISTORY_OUTCOME.get(outcome.kind, outcome.kind),
+                reason=outcome.reason,
+                message=outcome.message,
+                finishedAt=timestamp(self.now),
+            )
+            if outcome.exit_code is not None:
+                entry["exitCode"] = outcome.exit_code
+
+    def finish(self) -> Decision:
+        status = self.decision.status
+        status["attemptHistory"] = self.history
+        status["failures"] = sum(1 for r in self.history if r.get("outcome") == "Failed")
+        status["preemptions"] = sum(1 for r in self.history if r.get("outcome") == "Preempted") + len(
+            self.old.get("preemptedPods") or []
+        )
+        return self.decision
+
+
+def _backoff(spec: TrainingRunSpec, failures: int) -> timedelta:
+    base = timedelta(seconds=spec.failure_policy.backoff_seconds)
+    return min(MAX_BACKOFF, base * (2 ** max(0, failures - 1)))
+
+
+def decide(
+    meta: dict[str, Any],
+    spec: TrainingRunSpec,
+    status: dict[str, Any],
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    now: datetime,
+    default_image: str,
+    admission: Admission | None = None,
+) -> Decision:
+    """What to do next for one TrainingRun."""
+    b = _Builder(meta, status, now)
+    phase = status.get("phase")
+    attempts = int(status.get("attempts") or 0)
+
+    if phase in TERMINAL:
+        ttl = spec.ttl_seconds_after_finished
+        finished = parse_time(status.get("completionTime"))
+        if ttl is not None and finished and now >= finished + timedelta(seconds=ttl) and job is not None:
+            b.decision.delete_all_jobs = True
+        return b.decision
+
+    if not status.get("image"):
+        b.decision.status["image"] = spec.image or default_image
+
+    # The current attempt's Job, while its outcome is not yet recorded.
+    if job is not None and _open_attempt(b.history, attempts):
+        outcome = classify(job, pods)
+        if spec.suspend and not outcome.finished:
+            b.record(attempts, AttemptOutcome("Running", "Suspended", "stopped by suspend"), kind="Stopped")
+            b.decision.delete_jobs.append(job["metadata"]["name"])
+            b.set_phase(Phase.SUSPENDED, "Suspended", f"attempt {attempts} stopped; it resumes from its checkpoint")
+            return b.finish()
+        if not outcome.finished:
+            return _while_running(b, spec, status, job, pods, attempts)
+        return _after_attempt(b, spec, status, attempts, outcome)
+
+    if job is None and attempts > 0 and _open_attempt(b.history, attempts):
+        # The Job vanished without an observed outcome (deleted by hand, or by suspend).
+        gone = AttemptOutcome("Preempted", "JobDeleted", f"the Job of attempt {attempts} was deleted")
+        b.record(attempts, gone, kind="Stopped" if spec.suspend else "Preempted")
+
+    if spec.suspend:
+        b.set_phase(Phase.SUSPENDED, "Suspended", "the run is suspended")
+        return b.finish()
+
+    next_at = parse_time(status.get("nextAttemptAt"))
+    if next_at and now < next_at:
+        return b.finish()
+
+    deadline = spec.active_deadline_seconds
+    started = parse_time(status.get("startTime"))
+    remaining = None
+    if deadline is not None and started is not None:
+        remaining = int(deadline - (now - started).total_seconds())
+        if remaining <= 0:
+            b.decision.status["completionTime"] = timestamp(now)
+            b.set_phase(
+                Phase.FAILED, "DeadlineExceeded", f"the run exceeded activeDeadlineSeconds={deadline}", "Warning"
+            )
+            return b.finish()
+
+    if spec.resources.gpus > 0 and not (admission and admission.admitted):
+        position = admission.position if admission else None
+        b.decision.status["queuePosition"] = position
+        b.set_phase(
+            Phase.QUEUED, "WaitingForGPU", f"waiting for {spec.resources.gpus} free GPU(s); position {position}"
+        )
+        return b.finish()
+
+    attempt = attempts + 1
+    b.decision.create_attempt = attempt
+    b.decision.job_deadline_seconds = remaining if remaining is not None else deadline
+    b.record(attempt, None)
+    b.decision.status.update(
+        attempts=attempt,
+        jobName=job_name(meta["name"], attempt),
+        queuePosition=None,
+        nextAttemptAt=None,
+    )
+    if not status.get("startTime"):
+        b.decision.status["startTime"] = timestamp(now)
+    b.set_phase(Phase.PENDING, "AttemptStarted", f"attempt {attempt} started (Job {job_name(meta['name'], attempt)})")
+    return b.finish()
+
+
+def _open_attempt(history: list[dict[str, Any]], attempt: int) -> bool:
+    entry = next((r for r in history if r.get("attempt") == attempt), None)
+    return entry is not None and entry.get("outcome") == "Running"
+
+
+def _while_running(
+    b: _Builder,
+    spec: TrainingRunSpec,
+    status: dict[str, Any],
+    job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    attempts: int,
+) -> Decision:
+    disrupted = len(status.get("preemptedPods") or []) + sum(1 for r in b.history if r.get("outcome") == "Preempted")
+    if disrupted > spec.failure_policy.max_preemptions:
+        message = f"{disrupted} disruptions exceed failurePolicy.maxPreemptions={spec.failure_policy.max_preemptions}"
+        b.record(attempts, AttemptOutcome("Preempted", "PreemptionBudgetExhausted", message), kind="Stopped")
+        b.decision.delete_jobs.append(job["metadata"]["name"])
+        b.decision.status["completionTime"] = timestamp(b.now)
+        b.set_phase(Phase.FAILED, "PreemptionBudgetExhausted", message, "Warning")
+        return b.finish()
+    problem = pod_problem(pods)
+    if problem:
+        b.set_phase(Phase.PENDING, problem[0], problem[1], "Warning")
+    elif any((p.get("status") or {}).get("phase") == "Running" and not is_disrupted(p) for p in pods):
+        b.set_phase(Phase.RUNNING, "TrainerRunning", f"attempt {attempts} is running")
+    else:
+        b.set_phase(Phase.PENDING, "AttemptStarting", f"attempt {attempts} is starting")
+    return b.finish()
+
+
+def _after_attempt(
+    b: _Builder, spec: TrainingRunSpec, status: dict[str, Any], attempts: int, outcome: AttemptOutcome
+) -> Decision:
+    b.record(attempts, outcome)
+    label = f"attempt {attempts}: {outcome.message}"
+    if outcome.kind == "Succeeded":
+        b.decision.status["completionTime"] = timestamp(b.now)
+        b.set_phase(Phase.SUCCEEDED, "Succeeded", f"training finished in {attempts} attempt(s)")
+        return b.finish()
+    if outcome.kind in ("PermanentError", "DeadlineExceeded"):
+        b.decision.status["completionTime"] = timestamp(b.now)
+        b.set_phase(Phase.FAILED, outcome.reason, label, "Warning")
+        return b.finish()
+
+    decision = b.finish()
+    if outcome.kind == "Failed" and decision.status["failures"] >= spec.failure_policy.max_failures:
+        decision.status["completionTime"] = timestamp(b.now)
+        b.set_phase(
+            Phase.FAILED,
+            "FailureBudgetExhausted",
+            f"{decision.status['failures']} failed attempts reached failurePolicy.maxFailures="
+            f"{spec.failure_policy.max_failures}; last {label}",
+            "Warning",
+        )
+        return b.finish()
+    if outcome.kind == "Preempted" and decision.status["preemptions"] > spec.failure_policy.max_preemptions:
+        decision.status["completionTime"] = timestamp(b.now)
+        b.set_phase(
+            Phase.FAILED,
+            "PreemptionBudgetExhausted",
+            f"{decision.status['preemptions']} disruptions exceed failurePolicy.maxPreemptions="
+            f"{spec.failure_policy.max_preemptions}",
+            "Warning",
+        )
+        return b.finish()
+    delay = _backoff(spec, decision.status["failures"]) if outcome.kind == "Failed" else timedelta(0)
+    decision.status["nextAttemptAt"] = timestamp(b.now + delay)
+    b.set_phase(
+        Phase.PENDING,
+        "RetryingAfterFailure" if outcome.kind == "Failed" else "RetryingAfterDisruption",
+        f"{label}; attempt {attempts + 1} resumes from the last checkpoint in {int(delay.total_seconds())}s",
+        "Warning",
+    )
+    return b.finish()

@@ -1,0 +1,57 @@
+"""Entry point: ``azaion-operator`` runs kopf with this project's settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from typing import Any
+
+import kopf
+from azaion_workloads.contract import API_GROUP
+from prometheus_client import start_http_server
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Watches can hang silently on a half-open connection: bound them.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    # kopf's bookkeeping under our own API group; the status schema is strict,
+    # so handler progress lives in annotations rather than in status.
+    settings.persistence.finalizer = f"{API_GROUP}/kopf-finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.execution.max_workers = 8
+    settings.batching.error_delays = [1, 2, 5, 10, 30]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The Azaion Kubernetes operator.")
+    parser.add_argument("--namespace", action="append", default=[], help="watch only these namespaces")
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("AZAION_METRICS_PORT", "8080")))
+    parser.add_argument(
+        "--liveness", default=os.environ.get("AZAION_LIVENESS", "http://0.0.0.0:8081/healthz"), help="kopf liveness URL"
+    )
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    # Importing the handlers registers them with kopf.
+    from azaion_operator.handlers import trainingrun  # noqa: F401
+
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=args.liveness,
+            standalone=True,
+        )
+    )
