@@ -195,3 +195,24 @@ def test_label_rules(line: str, reason: str | None) -> None:
         assert result is None
     else:
         assert result is not None and reason in result
+
+
+def test_a_stop_in_the_middle_leaves_nothing_half_formed(tmp_path: Path) -> None:
+    from azaion_workloads.training.errors import Interrupted
+
+    write_annotations(tmp_path / "data", 20, size=16)
+    calls = 0
+
+    def stop_soon() -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 25:  # past validation, in the middle of placing files
+            raise Interrupted("SIGTERM")
+
+    builder = _builder(tmp_path, on_progress=stop_soon)
+    with pytest.raises(Interrupted):
+        builder.build()
+    assert not builder.dataset_dir.exists() and builder.staging.exists()
+    manifest = _builder(tmp_path).build()
+    assert sum(manifest.counts.values()) == 20
+    assert not builder.staging.exists()

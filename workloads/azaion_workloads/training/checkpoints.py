@@ -74,9 +74,7 @@ class CheckpointStore:
         data = source.read_bytes()
         checkpoint = load_checkpoint_bytes(data)
         if checkpoint["epoch"] != expected_epoch:
-            raise ValueError(
-                f"{source} holds epoch {checkpoint['epoch']}, expected {expected_epoch}"
-            )
+            raise ValueError(f"{source} holds epoch {checkpoint['epoch']}, expected {expected_epoch}")
         target = self.copy_path(expected_epoch + 1)
         atomic_write_bytes(target, data)
         for old in self.copies()[KEEP_COPIES:]:
@@ -109,9 +107,7 @@ class CheckpointStore:
         for epoch, _, path in sorted(candidates, key=lambda c: (c[0], c[1]), reverse=True):
             checkpoint, detail = try_load(path)
             if checkpoint is None:
-                log.warning(
-                    "checkpoint %s does not load (%s); falling back to an older one", path, detail
-                )
+                log.warning("checkpoint %s does not load (%s); falling back to an older one", path, detail)
                 continue
             if checkpoint["epoch"] != epoch:
                 log.warning(

@@ -166,10 +166,7 @@ class TrainingSettings(BaseModel):
     def _extra_args(cls, value: dict[str, Any]) -> dict[str, Any]:
         refused = sorted(set(value) - ALLOWED_EXTRA_ARGS)
         if refused:
-            raise ValueError(
-                f"not allowed: {', '.join(refused)} "
-                f"(allowed: {', '.join(sorted(ALLOWED_EXTRA_ARGS))})"
-            )
+            raise ValueError(f"not allowed: {', '.join(refused)} (allowed: {', '.join(sorted(ALLOWED_EXTRA_ARGS))})")
         return value
 
     @field_validator("classes_file")

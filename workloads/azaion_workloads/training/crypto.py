@@ -85,10 +85,7 @@ def parse_key(data: bytes, source: str = "key") -> bytes:
         decoded = b""
     if len(decoded) == 32:
         return decoded
-    raise CryptoError(
-        f"{source}: not a 256-bit key "
-        "(expected 32 raw bytes, 64 hex characters or base64 of 32 bytes)"
-    )
+    raise CryptoError(f"{source}: not a 256-bit key (expected 32 raw bytes, 64 hex characters or base64 of 32 bytes)")
 
 
 def key_fingerprint(key: bytes) -> str:
@@ -203,8 +200,7 @@ def decrypt_stream(
                     else "decryption failed at chunk 0: wrong key, or the file was modified"
                 ) from None
             raise TamperedError(
-                f"chunk {counter} failed authentication: "
-                "the file was modified, truncated or extended"
+                f"chunk {counter} failed authentication: the file was modified, truncated or extended"
             ) from None
         destination.write(plain)
         total += len(plain)

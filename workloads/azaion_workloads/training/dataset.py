@@ -139,9 +139,7 @@ def split_counts(total: int, fractions: Iterable[Decimal]) -> list[int]:
     return counts
 
 
-def assign_splits(
-    names: list[str], fractions: Iterable[Decimal], seed: int
-) -> dict[str, list[str]]:
+def assign_splits(names: list[str], fractions: Iterable[Decimal], seed: int) -> dict[str, list[str]]:
     """Shuffle the sorted names with ``seed``: the same names and seed give the same split."""
     ordered = sorted(names)
     random.Random(seed).shuffle(ordered)
@@ -368,9 +366,7 @@ class DatasetBuilder:
             "nc": NUM_CLASS_SLOTS,
             "names": {slot: slots[slot] for slot in range(NUM_CLASS_SLOTS)},
         }
-        atomic_write_bytes(
-            self.staging / DATA_YAML, yaml.safe_dump(document, sort_keys=False).encode()
-        )
+        atomic_write_bytes(self.staging / DATA_YAML, yaml.safe_dump(document, sort_keys=False).encode())
 
 
 def _entries(directory: Path) -> list[os.DirEntry[str]]:
@@ -378,11 +374,7 @@ def _entries(directory: Path) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(directory) as scan:
             return sorted(
-                (
-                    e
-                    for e in scan
-                    if not e.name.startswith(".") and not e.name.startswith(TEMP_PREFIX)
-                ),
+                (e for e in scan if not e.name.startswith(".") and not e.name.startswith(TEMP_PREFIX)),
                 key=lambda e: e.name,
             )
     except FileNotFoundError:

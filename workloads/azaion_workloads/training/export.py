@@ -39,8 +39,7 @@ def verify_onnx(path: Path, batch: int, imgsz: int) -> list[tuple[int, ...]]:
     inputs = {}
     for spec in session.get_inputs():
         shape = [
-            dim if isinstance(dim, int) else (batch if index == 0 else imgsz)
-            for index, dim in enumerate(spec.shape)
+            dim if isinstance(dim, int) else (batch if index == 0 else imgsz) for index, dim in enumerate(spec.shape)
         ]
         dtype = np.float16 if "float16" in spec.type else np.float32
         inputs[spec.name] = np.random.default_rng(0).random(shape, dtype=np.float32).astype(dtype)
@@ -50,9 +49,7 @@ def verify_onnx(path: Path, batch: int, imgsz: int) -> list[tuple[int, ...]]:
     return [tuple(np.asarray(out).shape) for out in outputs]
 
 
-def export(
-    settings: TrainingSettings, best: Path, best_sha256: str, progress: Progress
-) -> ExportResult:
+def export(settings: TrainingSettings, best: Path, best_sha256: str, progress: Progress) -> ExportResult:
     """Export ``best`` (idempotent: a matching ``export.json`` skips the work)."""
     run_dir = settings.run_dir
     done_file = run_dir / DONE_FILE
@@ -105,9 +102,7 @@ def engine_name() -> str:
     return f"azaion.cc_{props.major}.{props.minor}_sm_{props.multi_processor_count}.engine"
 
 
-def _tensorrt(
-    settings: TrainingSettings, best: Path, result: ExportResult, progress: Progress
-) -> ExportResult:
+def _tensorrt(settings: TrainingSettings, best: Path, result: ExportResult, progress: Progress) -> ExportResult:
     import torch
 
     if not torch.cuda.is_available():

@@ -40,9 +40,7 @@ def load_key(settings: TrainingSettings) -> tuple[bytes, str] | None:
     """
     needed = settings.publishing or settings.key_file_explicit
     if not needed and not settings.key_file.exists():
-        log.info(
-            "no encryption key at %s and nothing to publish: not encrypting", settings.key_file
-        )
+        log.info("no encryption key at %s and nothing to publish: not encrypting", settings.key_file)
         return None
     try:
         key = crypto.load_key(settings.key_file)
@@ -72,9 +70,7 @@ class Pipeline:
         settings = self.settings
         key = load_key(settings)
         if settings.model.endswith(".pt") and not Path(settings.model_source()).is_file():
-            raise PermanentError(
-                f"TRAINING_MODEL: {settings.model} does not exist in the data root"
-            )
+            raise PermanentError(f"TRAINING_MODEL: {settings.model} does not exist in the data root")
         settings.layout.ensure()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         data_yaml = self.dataset()
@@ -103,9 +99,7 @@ class Pipeline:
         try:
             catalog = ClassCatalog.load(settings.classes_path)
         except (ValidationError, ValueError) as error:
-            raise PermanentError(
-                f"{settings.classes_file}: invalid class definitions: {error}"
-            ) from None
+            raise PermanentError(f"{settings.classes_file}: invalid class definitions: {error}") from None
         builder = DatasetBuilder(
             settings.layout,
             settings.dataset_dir,
@@ -113,7 +107,7 @@ class Pipeline:
             settings.split,
             settings.seed,
             run=f"{settings.resource_namespace}/{settings.resource_name}",
-            on_progress=self.progress.beat,
+            on_progress=lambda: self.progress.beat_or_stop("dataset formation"),
         )
         manifest = builder.build()
         self.report_artifacts(
@@ -156,7 +150,7 @@ class Pipeline:
             log.info("encryption already done (%s); skipping", target)
         else:
             crypto.encrypt_file(
-                source, target, key, key_id, on_chunk=lambda _n: self.progress.beat()
+                source, target, key, key_id, on_chunk=lambda _n: self.progress.beat_or_stop("encryption")
             )
             record = {
                 "source": self.rel(source),
@@ -171,9 +165,7 @@ class Pipeline:
         self.report_artifacts(encrypted=record["encrypted"], encryptedSha256=record["sha256"])
         return record
 
-    def publish(
-        self, encrypted: dict[str, Any], plain_sha: str, result: TrainingResult, key_id: str
-    ) -> None:
+    def publish(self, encrypted: dict[str, Any], plain_sha: str, result: TrainingResult, key_id: str) -> None:
         from azaion_workloads.training.publish import (
             AzaionApi,
             Publisher,
@@ -185,9 +177,7 @@ class Pipeline:
         self.progress.step("publish")
         assert settings.s3_bucket is not None
         publisher = Publisher(
-            S3Target(
-                settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint, settings.s3_region
-            ),
+            S3Target(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint, settings.s3_region),
             on_progress=self.progress.beat,
         )
         path = self.root / encrypted["encrypted"]
@@ -214,9 +204,7 @@ class Pipeline:
             key = publisher.blob_key(tail_sha)
             publisher.upload_blob(tail_file, tail_sha, len(tail))
             assert settings.api_email and settings.api_password and settings.api_folder
-            api = AzaionApi(
-                settings.api_url, settings.api_email, settings.api_password.get_secret_value()
-            )
+            api = AzaionApi(settings.api_url, settings.api_email, settings.api_password.get_secret_value())
             small_name = f"{path.name}.small"
             api.upload(settings.api_folder, small_name, head)
             artifact["split"] = {

@@ -57,6 +57,11 @@ class Progress:
     def beat(self) -> None:
         self.heartbeat.beat()
 
+    def beat_or_stop(self, where: str) -> None:
+        """For loops whose every iteration is a safe point (partial output is discarded)."""
+        self.heartbeat.beat()
+        self.stop.check(where)
+
     def report(self, fields: dict[str, Any]) -> None:
         self.heartbeat.beat(force=True)
         self.reporter.report(fields)

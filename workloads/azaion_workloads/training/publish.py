@@ -178,11 +178,7 @@ class AzaionApi:
         token = payload if isinstance(payload, str) else None
         if isinstance(payload, dict):
             token = next(
-                (
-                    payload[k]
-                    for k in ("token", "Token", "accessToken", "access_token")
-                    if payload.get(k)
-                ),
+                (payload[k] for k in ("token", "Token", "accessToken", "access_token") if payload.get(k)),
                 None,
             )
         if not token:
@@ -219,6 +215,4 @@ class AzaionApi:
                     log.info("API answered %s; logging in again", error.code)
                     self._token = None
                     continue
-                raise AzaionApiError(
-                    f"upload to /resources/{folder} failed: HTTP {error.code}"
-                ) from None
+                raise AzaionApiError(f"upload to /resources/{folder} failed: HTTP {error.code}") from None

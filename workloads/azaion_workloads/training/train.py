@@ -180,9 +180,7 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
     else:
         # No usable checkpoint: start over, without rows of an earlier try.
         (run_dir / "results.csv").unlink(missing_ok=True)
-        log.info(
-            "starting training from %s for %d epochs on %s", settings.model, settings.epochs, device
-        )
+        log.info("starting training from %s for %d epochs on %s", settings.model, settings.epochs, device)
         model = YOLO(settings.model_source())
         callbacks.register(model)
         model.train(
@@ -209,9 +207,7 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
     )
 
 
-def _record(
-    done_file: Path, best: Path, best_epoch: int | None, metrics: dict[str, float]
-) -> TrainingResult:
+def _record(done_file: Path, best: Path, best_epoch: int | None, metrics: dict[str, float]) -> TrainingResult:
     """Write ``training.json``: from now on a retry skips training."""
     result = TrainingResult(best, sha256_file(best), best_epoch, metrics)
     record = {
@@ -234,6 +230,4 @@ def _finished(done_file: Path, best: Path) -> TrainingResult | None:
     if not best.exists() or sha256_file(best) != record.get("sha256"):
         log.warning("%s does not match %s; training again", best, done_file)
         return None
-    return TrainingResult(
-        best, record["sha256"], record.get("bestEpoch"), record.get("metrics", {})
-    )
+    return TrainingResult(best, record["sha256"], record.get("bestEpoch"), record.get("metrics", {}))
