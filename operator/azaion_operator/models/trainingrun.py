@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from azaion_workloads.contract import EXIT_PERMANENT
 from azaion_workloads.training.config import ALLOWED_EXTRA_ARGS, OPTIMIZERS
-from pydantic import AfterValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
 from azaion_operator.models.common import (
     DNS_SUBDOMAIN_PATTERN,
@@ -277,6 +277,13 @@ class TrainingRunSpec(ApiModel, json_schema_extra=_ONE_BASE_MODEL):
     """Extra annotations on the training pod."""
     pod_labels: dict[str, str] = Field(default_factory=dict)
     """Extra labels on the training pod."""
+
+    @model_validator(mode="after")
+    def _one_base_model(self) -> TrainingRunSpec:
+        # Mirrors the CRD's CEL rule for objects built outside the API server.
+        if (self.model is None) == (self.from_run is None):
+            raise ValueError("set exactly one of spec.model and spec.fromRun")
+        return self
 
 
 class Phase(StrEnum):

@@ -1,0 +1,255 @@
+"""The operator's pure parts: generated CRDs, the state machine, the queue, the Job builder."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from azaion_operator import crdgen
+from azaion_operator.builders.trainingjob import build_job, build_trainer_identity
+from azaion_operator.config import OperatorConfig
+from azaion_operator.lifecycle import Admission, decide, needs_admission
+from azaion_operator.models.trainingrun import TrainingRunSpec
+from azaion_operator.names import job_name
+from azaion_operator.queueing import Waiting, free_gpus, plan
+from azaion_workloads.training.config import ALLOWED_EXTRA_ARGS
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+META = {"name": "run", "namespace": "ml", "uid": "u-1", "generation": 1, "creationTimestamp": "2026-11-23T11:00:00Z"}
+
+
+def spec(**overrides) -> TrainingRunSpec:
+    return TrainingRunSpec.model_validate({"model": "yolo26n.yaml", "storage": {"claimName": "data"}, **overrides})
+
+
+def job(*, complete: bool = False, failed_reason: str | None = None, message: str = "") -> dict:
+    conditions = []
+    if complete:
+        conditions.append({"type": "Complete", "status": "True"})
+    if failed_reason:
+        conditions.append({"type": "Failed", "status": "True", "reason": failed_reason, "message": message})
+    return {"metadata": {"name": "run-a1"}, "status": {"conditions": conditions}}
+
+
+def failed_pod(exit_code: int, reason: str = "Error") -> dict:
+    return {
+        "metadata": {"name": "run-a1-x", "creationTimestamp": "2026-11-23T11:30:00Z"},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "reason": reason}}}
+            ],
+        },
+    }
+
+
+RUNNING_STATUS = {
+    "phase": "Running",
+    "attempts": 1,
+    "image": "img:1",
+    "attemptHistory": [{"attempt": 1, "jobName": "run-a1", "outcome": "Running"}],
+}
+
+
+def test_generated_crds_are_up_to_date():
+    assert crdgen.main(["--check"]) == 0, "crds/ is stale: run azaion-crdgen"
+
+
+def test_every_spec_field_has_a_description():
+    crd = crdgen.build_crd(crdgen.sources()[0])
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+    def walk(node: dict, path: str) -> list[str]:
+        missing = [] if node.get("description") or path == "spec" else [path]
+        for name, child in (node.get("properties") or {}).items():
+            if path.endswith("extraArgs"):
+                continue
+            missing += walk(child, f"{path}.{name}")
+        return missing
+
+    assert walk(schema, "spec") == []
+
+
+def test_extra_args_schema_matches_the_workload_allow_list():
+    crd = crdgen.build_crd(crdgen.sources()[0])
+    training = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["training"]
+    assert set(training["properties"]["extraArgs"]["properties"]) == set(ALLOWED_EXTRA_ARGS)
+
+
+def test_first_reconcile_of_a_cpu_run_starts_attempt_one():
+    decision = decide(META, spec(resources={"gpus": 0}), {}, None, [], NOW, "img:default")
+    assert decision.create_attempt == 1
+    assert decision.status["attempts"] == 1
+    assert decision.status["image"] == "img:default"
+    assert decision.status["phase"] == "Pending"
+    assert decision.events and decision.events[0][1] == "AttemptStarted"
+
+
+def test_gpu_run_without_admission_is_queued_with_its_position():
+    decision = decide(META, spec(), {}, None, [], NOW, "img", Admission(admitted=False, position=3))
+    assert decision.create_attempt is None
+    assert (decision.status["phase"], decision.status["queuePosition"]) == ("Queued", 3)
+
+
+def test_retryable_failure_schedules_a_backed_off_retry():
+    decision = decide(
+        META,
+        spec(failurePolicy={"backoffSeconds": 10}),
+        RUNNING_STATUS,
+        job(failed_reason="BackoffLimitExceeded"),
+        [failed_pod(1)],
+        NOW,
+        "img",
+    )
+    assert decision.create_attempt is None
+    assert decision.status["failures"] == 1
+    assert decision.status["nextAttemptAt"] == "2026-11-23T12:00:10Z"
+    assert decision.status["attemptHistory"][0]["exitCode"] == 1
+    # Deciding again on the same state changes nothing (a replayed event).
+    replay = decide(
+        META, spec(), {**RUNNING_STATUS, **decision.status}, job(failed_reason="x"), [failed_pod(1)], NOW, "img"
+    )
+    assert replay.status["failures"] == 1
+    assert replay.create_attempt is None
+
+
+def test_retry_after_backoff_keeps_the_recorded_image():
+    status = {
+        **RUNNING_STATUS,
+        "image": "img:old",
+        "nextAttemptAt": "2026-11-23T11:59:00Z",
+        "attemptHistory": [{"attempt": 1, "jobName": "run-a1", "outcome": "Failed"}],
+    }
+    assert needs_admission(spec(), status, job(failed_reason="x"))
+    decision = decide(META, spec(), status, job(failed_reason="x"), [], NOW, "img:new", Admission(True))
+    assert decision.create_attempt == 2
+    assert "image" not in decision.status  # recorded once, at the first attempt
+
+
+def test_permanent_exit_code_fails_the_run():
+    decision = decide(
+        META,
+        spec(),
+        RUNNING_STATUS,
+        job(failed_reason="PodFailurePolicy", message="Container trainer ... exit code 78 matching FailJob rule"),
+        [failed_pod(78)],
+        NOW,
+        "img",
+    )
+    assert decision.status["phase"] == "Failed"
+    failed = next(c for c in decision.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PermanentError" and "78" in failed["message"]
+
+
+def test_failure_budget_is_named_when_spent():
+    status = {
+        **RUNNING_STATUS,
+        "attempts": 3,
+        "attemptHistory": [
+            {"attempt": 1, "jobName": "run-a1", "outcome": "Failed"},
+            {"attempt": 2, "jobName": "run-a2", "outcome": "Failed"},
+            {"attempt": 3, "jobName": "run-a3", "outcome": "Running"},
+        ],
+    }
+    decision = decide(
+        META, spec(), status, job(failed_reason="BackoffLimitExceeded"), [failed_pod(137, "OOMKilled")], NOW, "img"
+    )
+    failed = next(c for c in decision.status["conditions"] if c["type"] == "Failed")
+    assert decision.status["phase"] == "Failed"
+    assert failed["reason"] == "FailureBudgetExhausted"
+    assert "OOMKilled" in failed["message"]
+
+
+def test_suspend_deletes_the_active_job_without_counting_a_failure():
+    decision = decide(META, spec(suspend=True), RUNNING_STATUS, job(), [], NOW, "img")
+    assert decision.delete_jobs == ["run-a1"]
+    assert decision.status["phase"] == "Suspended"
+    assert decision.status["failures"] == 0
+    assert decision.status["attemptHistory"][0]["outcome"] == "Stopped"
+
+
+def test_deadline_over_all_attempts_fails_the_run():
+    status = {**RUNNING_STATUS, "startTime": (NOW - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    status["attemptHistory"] = [{"attempt": 1, "jobName": "run-a1", "outcome": "Failed"}]
+    decision = decide(META, spec(activeDeadlineSeconds=3600), status, None, [], NOW, "img", Admission(True))
+    assert decision.status["phase"] == "Failed"
+    assert decision.create_attempt is None
+
+
+def test_queue_is_priority_then_first_come_and_never_overtaken():
+    waiting = [
+        Waiting(("ns", "old-big"), 0, "2026-01-01T00:00:00Z", 2),
+        Waiting(("ns", "new-small"), 0, "2026-01-02T00:00:00Z", 1),
+        Waiting(("ns", "urgent"), 5, "2026-01-03T00:00:00Z", 1),
+    ]
+    result = plan(waiting, free_gpus=1)
+    assert result.admitted == [("ns", "urgent")]
+    # old-big waits for two GPUs; new-small may not jump past it.
+    assert result.positions == {("ns", "old-big"): 1, ("ns", "new-small"): 2}
+
+
+def test_free_gpus_subtracts_running_pods_and_reservations():
+    nodes = [
+        {"status": {"allocatable": {"nvidia.com/gpu": "2"}}},
+        {"spec": {"unschedulable": True}, "status": {"allocatable": {"nvidia.com/gpu": "4"}}},
+    ]
+    pod = {
+        "spec": {"nodeName": "n", "containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+        "status": {"phase": "Running"},
+    }
+    done = {**pod, "status": {"phase": "Succeeded"}}
+    assert free_gpus(nodes, [pod, done], reserved=0) == 1
+    assert free_gpus(nodes, [pod], reserved=1) == 0
+
+
+def test_job_names_are_deterministic_and_fit_a_label():
+    long = "x" * 80
+    assert job_name("run", 3) == "run-a3"
+    assert job_name(long, 12) == job_name(long, 12)
+    assert len(job_name(long, 12)) <= 63 and job_name(long, 12).endswith("-a12")
+
+
+def test_job_never_carries_secret_values_and_mounts_the_key_read_only():
+    run_spec = spec(
+        publish={
+            "s3": {"bucket": "models", "credentialsSecretRef": {"name": "creds"}},
+            "encryptionKeySecretRef": {"name": "key", "key": "k"},
+        },
+        model=None,
+        fromRun="previous",
+    )
+    built = build_job(META, run_spec, 2, "img:1", OperatorConfig())
+    container = built["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {
+        "name": "AWS_SECRET_ACCESS_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "creds", "key": "AWS_SECRET_ACCESS_KEY"}},
+    }
+    assert env["TRAINING_MODEL"]["value"] == "models/ml/previous/weights/best.pt"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "encryption-key")
+    assert mount["readOnly"] is True
+    assert built["metadata"]["name"] == "run-a2"
+    assert json.dumps(built).count('"value"') == sum(1 for e in container["env"] if "value" in e)
+
+
+def test_spec_model_enforces_exactly_one_base_model_like_the_crd():
+    with pytest.raises(ValueError, match="exactly one of spec.model and spec.fromRun"):
+        spec(fromRun="previous")
+    with pytest.raises(ValueError, match="exactly one"):
+        spec(model=None)
+
+
+def test_trainer_identity_may_only_patch_its_own_run_status():
+    _, role, binding = build_trainer_identity(META)
+    (rule,) = role["rules"]
+    assert rule == {
+        "apiGroups": ["ai.azaion.com"],
+        "resources": ["trainingruns/status"],
+        "resourceNames": ["run"],
+        "verbs": ["get", "patch"],
+    }
+    assert binding["subjects"][0]["name"] == "run-trainer"
