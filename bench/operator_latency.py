@@ -1,0 +1,175 @@
+"""Apply-to-Job latency of the TrainingRun operator, and its memory.
+
+    .venv/bin/python bench/operator_latency.py [--runs 100]
+
+Starts (or reuses) the local control plane, runs the operator as a
+subprocess, and measures from the create call of a TrainingRun until its Job
+is visible through a watch, for 1 run and for a burst of N runs. The
+baseline is the same measurement for a Job created directly (the floor any
+controller pays: API write plus watch delivery), so the ratio is the
+operator's own cost. Prints p50/p99 and the operator's resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kubernetes import client, config, watch  # noqa: E402
+
+from tests.fixtures.kube import Cluster  # noqa: E402
+from tests.fixtures.operator import apply_crds, start_operator  # noqa: E402
+
+GROUP, VERSION, PLURAL = "ai.azaion.com", "v1alpha1", "trainingruns"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class JobWatcher:
+    """Records when each Job name first shows up in a watch of one namespace."""
+
+    def __init__(self, batch: client.BatchV1Api, namespace: str) -> None:
+        self.seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._watch = watch.Watch()
+        self._thread = threading.Thread(target=self._guarded_run, args=(batch, namespace), daemon=True)
+        self._thread.start()
+        time.sleep(0.5)
+
+    def _guarded_run(self, batch: client.BatchV1Api, namespace: str) -> None:
+        try:
+            self._run(batch, namespace)
+        except Exception:  # the watch is cut when the namespace goes away at the end
+            if not self._stop.is_set():
+                raise
+
+    def _run(self, batch: client.BatchV1Api, namespace: str) -> None:
+        for event in self._watch.stream(batch.list_namespaced_job, namespace, timeout_seconds=600):
+            self.seen.setdefault(event["object"].metadata.name, time.monotonic())
+            if self._stop.is_set():
+                return
+
+    def wait_for(self, names: list[str], timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while any(n not in self.seen for n in names):
+            if time.monotonic() > deadline:
+                missing = [n for n in names if n not in self.seen]
+                raise TimeoutError(f"{len(missing)} Jobs never appeared, e.g. {missing[:3]}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._watch.stop()
+
+
+def run_body(name: str) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingRun",
+        "metadata": {"name": name},
+        "spec": {
+            "model": "yolo26n.yaml",
+            "storage": {"claimName": "azaion-data"},
+            "resources": {"gpus": 0},
+            "podAnnotations": {"azaion.local/hold": "true"},
+        },
+    }
+
+
+def plain_job(name: str) -> dict:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {"azaion.local/hold": "true"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]},
+            }
+        },
+    }
+
+
+def measure(create, names: list[str], watcher: JobWatcher, job_of) -> list[float]:
+    sent: dict[str, float] = {}
+    for name in names:
+        sent[name] = time.monotonic()
+        create(name)
+    watcher.wait_for([job_of(n) for n in names])
+    return [watcher.seen[job_of(n)] - sent[n] for n in names]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=100)
+    args = parser.parse_args()
+
+    result = subprocess.run([str(REPO / "hack" / "cluster.sh"), "up"], capture_output=True, text=True, check=True)
+    kubeconfig = Path(result.stdout.strip().splitlines()[-1])
+    state = json.loads((kubeconfig.parent / "cluster.json").read_text())
+    cluster = Cluster(kubeconfig=kubeconfig, bin_dir=Path(state["bin_dir"]), simulated=True)
+    apply_crds(cluster)
+    config.load_kube_config(str(kubeconfig))
+    core, batch, custom = client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi()
+    namespace = f"bench-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    operator, _ = start_operator(cluster, Path("/tmp") / namespace, interval=5.0)
+    watcher = JobWatcher(batch, namespace)
+    try:
+
+        def create_run(name: str) -> None:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, run_body(name))
+
+        def create_job(name: str) -> None:
+            batch.create_namespaced_job(namespace, plain_job(name))
+
+        # Warm up (watches established, leftovers of earlier runs resumed), then measure.
+        measure(create_run, ["warm-up"], watcher, lambda n: f"{n}-a1")
+        time.sleep(3)
+        rss_idle = rss_mib(operator.pid)
+        base_one = measure(create_job, ["direct-1"], watcher, lambda n: n)
+        one = measure(create_run, ["single"], watcher, lambda n: f"{n}-a1")
+        names = [f"r{i:03d}" for i in range(args.runs)]
+        base_many = measure(create_job, [f"direct-{n}" for n in names], watcher, lambda n: n)
+        many = measure(create_run, names, watcher, lambda n: f"{n}-a1")
+        rss_loaded = rss_mib(operator.pid)
+
+        def line(label: str, values: list[float], baseline: list[float]) -> str:
+            p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+            b50 = statistics.median(baseline)
+            return (
+                f"{label:<28} p50 {p50 * 1000:8.1f} ms   p99 {p99 * 1000:8.1f} ms   "
+                f"(direct Job p50 {b50 * 1000:6.1f} ms; ratio p50 {p50 / b50:5.1f}x)"
+            )
+
+        print(line("1 TrainingRun", one, base_one))
+        print(line(f"{args.runs} TrainingRuns (burst)", many, base_many))
+        print(f"operator RSS: {rss_idle:.0f} MiB idle, {rss_loaded:.0f} MiB with {args.runs + 1} runs")
+    finally:
+        watcher.stop()
+        operator.stop()
+        core.delete_namespace(namespace)
+
+
+if __name__ == "__main__":
+    main()
