@@ -20,10 +20,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from azaion_workloads.classes import ClassCatalog
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.training.dataset import DatasetBuilder, place_file
-from PIL import Image
 
 
 def make_store(data: Path, count: int, size: int) -> int:

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from boto3.s3.transfer import TransferConfig
+
 from azaion_workloads.heartbeat import Heartbeat
 from azaion_workloads.status import FileStatusReporter
 from azaion_workloads.training.config import load_settings
@@ -27,8 +29,6 @@ from azaion_workloads.training.pipeline import Pipeline
 from azaion_workloads.training.progress import Progress, StopFlag
 from azaion_workloads.training.publish import MiB, Publisher, S3Target, small_part_size
 from azaion_workloads.training.train import TrainingResult
-from boto3.s3.transfer import TransferConfig
-
 from tests.fixtures.s3 import S3Server
 
 pytestmark = pytest.mark.integration
@@ -176,5 +176,9 @@ def test_split_upload_compat_mode(
     assert big["sha256"] == hashlib.sha256(body).hexdigest()
     assert artifact["split"]["small"]["sha256"] == hashlib.sha256(data[:small]).hexdigest()
     assert artifact["sha256"] == hashlib.sha256(data).hexdigest()
+    # A retry after a complete publish sends nothing again, to either side.
+    pipeline.publish(record, "plain-sha", TrainingResult(best, "pt-sha", 1, {"map50": 0.5}), "key-1")
+    assert len(fake_api.uploads) == 1 and fake_api.logins == 2
+
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["artifacts"]["manifestUri"] == f"s3://{bucket}/azaion/runs/local/split/manifest.json"

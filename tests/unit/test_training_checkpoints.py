@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from azaion_workloads.training.checkpoints import CheckpointStore, truncate_results
 
 pytestmark = pytest.mark.unit

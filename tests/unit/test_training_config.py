@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
 from azaion_workloads import contract
 from azaion_workloads.training.config import (
     ALLOWED_EXTRA_ARGS,

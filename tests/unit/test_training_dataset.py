@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from azaion_workloads.classes import ClassCatalog
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.training import dataset as ds

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from azaion_workloads.heartbeat import Heartbeat, main
 
 pytestmark = pytest.mark.unit

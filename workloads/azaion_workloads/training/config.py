@@ -32,14 +32,15 @@ from azaion_workloads.layout import DataLayout, UnsafePathError, safe_child, saf
 #: ultralytics ``train()`` arguments that ``TRAINING_EXTRA_ARGS`` may set.
 #: Only hyper-parameters and augmentation knobs: anything that names a path
 #: (project, name, data, model, pretrained...), changes where output goes, or
-#: has its own setting (epochs, batch, imgsz, device...) is refused.
+#: has its own setting (epochs, batch, imgsz, device...) is refused, and so is
+#: ``time``, which rewrites the epoch count in flight and breaks resuming.
 ALLOWED_EXTRA_ARGS: Final[frozenset[str]] = frozenset(
     {
         # optimiser and schedule
         "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum",
         "warmup_bias_lr", "cos_lr", "nbs", "close_mosaic", "amp", "fraction", "freeze",
         "dropout", "seed", "deterministic", "single_cls", "rect", "multi_scale", "cache",
-        "time", "val", "plots",
+        "val", "plots",
         # loss gains
         "box", "cls", "dfl",
         # augmentation

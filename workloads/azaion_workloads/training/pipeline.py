@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from azaion_workloads.classes import ClassCatalog
-from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes
+from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, atomic_writer
 from azaion_workloads.training import crypto
 from azaion_workloads.training.config import TrainingSettings
 from azaion_workloads.training.dataset import DATA_YAML, MANIFEST, DatasetBuilder
@@ -166,12 +166,12 @@ class Pipeline:
         return record
 
     def publish(self, encrypted: dict[str, Any], plain_sha: str, result: TrainingResult, key_id: str) -> None:
-        from azaion_workloads.training.publish import (
-            AzaionApi,
-            Publisher,
-            S3Target,
-            small_part_size,
-        )
+        """Upload the encrypted model, then the manifest; skip what is already there.
+
+        The manifest is compared with the one in the store first: a retry after
+        a complete publish uploads nothing (not even the API part in split mode).
+        """
+        from azaion_workloads.training.publish import Publisher, S3Target
 
         settings = self.settings
         self.progress.step("publish")
@@ -181,55 +181,22 @@ class Pipeline:
             on_progress=self.progress.beat,
         )
         path = self.root / encrypted["encrypted"]
-        size = int(encrypted["size"])
         artifact: dict[str, Any] = {
             "name": path.name,
             "sha256": encrypted["sha256"],
-            "size": size,
+            "size": int(encrypted["size"]),
             "plainSha256": plain_sha,
-            "encryption": {
-                "algorithm": "AES-256-GCM",
-                "formatVersion": crypto.VERSION,
-                "keyId": key_id,
-            },
+            "encryption": {"algorithm": "AES-256-GCM", "formatVersion": crypto.VERSION, "keyId": key_id},
         }
-        uris = []
+        split_files: tuple[Path, bytes] | None = None
         if settings.api_url:
-            small = small_part_size(size)
-            data = path.read_bytes()
-            head, tail = data[:small], data[small:]
-            tail_sha = hashlib.sha256(tail).hexdigest()
-            tail_file = self.run_dir / "artifacts" / f"{path.name}.big"
-            atomic_write_bytes(tail_file, tail)
-            key = publisher.blob_key(tail_sha)
-            publisher.upload_blob(tail_file, tail_sha, len(tail))
-            assert settings.api_email and settings.api_password and settings.api_folder
-            api = AzaionApi(settings.api_url, settings.api_email, settings.api_password.get_secret_value())
-            small_name = f"{path.name}.small"
-            api.upload(settings.api_folder, small_name, head)
-            artifact["split"] = {
-                "small": {
-                    "api": f"{settings.api_url.rstrip('/')}/resources/{settings.api_folder}",
-                    "name": small_name,
-                    "size": len(head),
-                    "sha256": hashlib.sha256(head).hexdigest(),
-                },
-                "big": {
-                    "key": key,
-                    "uri": publisher.uri(key),
-                    "size": len(tail),
-                    "sha256": tail_sha,
-                },
-            }
-            uris.append(publisher.uri(key))
+            split_files = self._split(path, artifact, publisher)
         else:
-            key = publisher.upload_blob(path, encrypted["sha256"], size)
+            key = publisher.blob_key(encrypted["sha256"])
             artifact.update(key=key, uri=publisher.uri(key))
-            uris.append(publisher.uri(key))
+        uris = [artifact["split"]["big"]["uri"] if split_files else artifact["uri"]]
 
         dataset = self.artifacts.get("dataset", {})
-        manifest_key = publisher.manifest_key(settings.resource_namespace, settings.resource_name)
-        previous = publisher.get_json(manifest_key)
         document = {
             "schemaVersion": 1,
             "run": {"namespace": settings.resource_namespace, "name": settings.resource_name},
@@ -250,14 +217,21 @@ class Pipeline:
             },
             "artifacts": [artifact],
         }
-        if previous is not None and {k: v for k, v in previous.items() if k != "publishedAt"} == {
-            k: v for k, v in json.loads(json.dumps(document)).items()
-        }:
+        manifest_key = publisher.manifest_key(settings.resource_namespace, settings.resource_name)
+        manifest_uri = publisher.uri(manifest_key)
+        previous = publisher.get_json(manifest_key)
+        if previous is not None and {k: v for k, v in previous.items() if k != "publishedAt"} == json.loads(
+            json.dumps(document)
+        ):
             log.info("manifest %s already published; skipping", manifest_key)
-            manifest_uri = publisher.uri(manifest_key)
         else:
+            if split_files is not None:
+                self._upload_split(publisher, artifact, *split_files)
+            else:
+                publisher.upload_blob(path, artifact["sha256"], artifact["size"])
+            # Last: only now does the run's model become visible to readers.
             document["publishedAt"] = now_rfc3339()
-            manifest_uri = publisher.put_json(manifest_key, document)
+            publisher.put_json(manifest_key, document)
             log.info("published manifest %s", manifest_uri)
         atomic_write_bytes(
             self.run_dir / PUBLISH_DONE,
@@ -266,6 +240,47 @@ class Pipeline:
         self.publisher = publisher
         self.manifest_key = manifest_key
         self.report_artifacts(manifestUri=manifest_uri, publishedUris=[*uris, manifest_uri])
+
+    def _split(self, path: Path, artifact: dict[str, Any], publisher: Any) -> tuple[Path, bytes]:
+        """Cut the encrypted model into the API prefix and the S3 rest (streamed, not loaded)."""
+        from azaion_workloads.training.publish import small_part_size
+
+        settings = self.settings
+        assert settings.api_url and settings.api_folder
+        small = small_part_size(artifact["size"])
+        tail_file = self.run_dir / "artifacts" / f"{path.name}.big"
+        tail_digest = hashlib.sha256()
+        with path.open("rb") as source, atomic_writer(tail_file) as target:
+            head = source.read(small)
+            for block in iter(lambda: source.read(1024 * 1024), b""):
+                tail_digest.update(block)
+                target.write(block)
+        key = publisher.blob_key(tail_digest.hexdigest())
+        artifact["split"] = {
+            "small": {
+                "api": f"{settings.api_url.rstrip('/')}/resources/{settings.api_folder}",
+                "name": f"{path.name}.small",
+                "size": len(head),
+                "sha256": hashlib.sha256(head).hexdigest(),
+            },
+            "big": {
+                "key": key,
+                "uri": publisher.uri(key),
+                "size": tail_file.stat().st_size,
+                "sha256": tail_digest.hexdigest(),
+            },
+        }
+        return tail_file, head
+
+    def _upload_split(self, publisher: Any, artifact: dict[str, Any], tail_file: Path, head: bytes) -> None:
+        from azaion_workloads.training.publish import AzaionApi
+
+        settings = self.settings
+        assert settings.api_url and settings.api_email and settings.api_password and settings.api_folder
+        big = artifact["split"]["big"]
+        publisher.upload_blob(tail_file, big["sha256"], big["size"])
+        api = AzaionApi(settings.api_url, settings.api_email, settings.api_password.get_secret_value())
+        api.upload(settings.api_folder, artifact["split"]["small"]["name"], head)
 
     def promote(self, result: TrainingResult) -> None:
         """Make this run's best model the current one, locally and in the store."""

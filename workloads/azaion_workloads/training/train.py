@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes
+from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, leftover_temp_files
 from azaion_workloads.training.checkpoints import CheckpointStore, truncate_results, try_load
 from azaion_workloads.training.config import TrainingSettings
 from azaion_workloads.training.errors import Interrupted
@@ -71,10 +71,14 @@ class _Callbacks:
         self.first_epoch: int | None = None
 
     def register(self, model: Any) -> None:
+        model.add_callback("on_train_start", self.on_train_start)
         model.add_callback("on_train_batch_end", self.on_batch_end)
         model.add_callback("on_val_batch_end", self.on_val_batch_end)
         model.add_callback("on_model_save", self.on_model_save)
         model.add_callback("on_fit_epoch_end", self.on_fit_epoch_end)
+
+    def on_train_start(self, _trainer: Any) -> None:
+        self.started = time.monotonic()  # the ETA counts epochs, not model and data set-up
 
     def on_batch_end(self, trainer: Any) -> None:
         self.progress.beat()
@@ -155,9 +159,17 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
     if settings.patience is not None:
         common["patience"] = settings.patience
     callbacks = _Callbacks(settings, progress, store)
-    progress.step("training", epoch=0, epochs=settings.epochs, percent=0.0)
+    for leftover in leftover_temp_files(run_dir):
+        leftover.unlink(missing_ok=True)  # a checkpoint copy cut short by a kill
 
     resume = store.newest_loadable()
+    done_epochs = resume.epochs_done if resume else 0
+    progress.step(
+        "training",
+        epoch=done_epochs,
+        epochs=settings.epochs,
+        percent=round(100.0 * min(done_epochs, settings.epochs) / settings.epochs, 2),
+    )
     if resume is not None and resume.epochs_done >= settings.epochs:
         # Every epoch ran; the process died in the final evaluation, which
         # rewrites best.pt in place. Keep best.pt if it loads, else the copy.
