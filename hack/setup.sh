@@ -2,14 +2,19 @@
 # Installs what the tests need, idempotently: system packages (when root and
 # missing), the Python virtualenv with every extra, and the Go-built tools.
 # Safe to run again: each step is skipped when already done.
+#   hack/setup.sh          everything (what the tests need)
+#   hack/setup.sh python   only the virtualenv (what a local training run needs)
 set -euo pipefail
+only="${1:-all}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 missing=()
+[ "$only" = python ] || {
 command -v openssl >/dev/null || missing+=(openssl)
 command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
 command -v ip >/dev/null || missing+=(iproute2)
+}
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing system packages: ${missing[*]}" >&2
@@ -31,4 +36,4 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-hack/build-tools.sh >/dev/null
+[ "$only" = python ] || hack/build-tools.sh >/dev/null
