@@ -30,7 +30,7 @@ from tests.fixtures.s3 import S3Server
 
 pytestmark = pytest.mark.integration
 
-GOOD, IMGSZ = 24, 64
+GOOD, RESUME_GOOD, IMGSZ = 24, 80, 64
 
 _GUARD = textwrap.dedent(
     """
@@ -137,8 +137,8 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _dataset(root: Path) -> dict[str, str]:
-    write_annotations(root / "data", GOOD, size=IMGSZ)
+def _dataset(root: Path, good: int = GOOD) -> dict[str, str]:
+    write_annotations(root / "data", good, size=IMGSZ)
     return write_bad_annotations(root / "data", size=IMGSZ)
 
 
@@ -261,14 +261,16 @@ def _wait_for_checkpoint(run: Run, process: ManagedProcess, epoch: int) -> None:
 
 
 def test_kill_sigterm_and_corrupt_checkpoint_resume(tmp_path: Path) -> None:
-    run = Run(tmp_path, "resume", TRAINING_EPOCHS="3", EXPORT_ONNX="false")
-    _dataset(run.root)
+    # Epochs long enough (a few seconds) that a kill or SIGTERM sent after one
+    # checkpoint lands well before the next epoch ends.
+    run = Run(tmp_path, "resume", TRAINING_EPOCHS="3", TRAINING_BATCH_SIZE="2", EXPORT_ONNX="false")
+    _dataset(run.root, good=RESUME_GOOD)
 
     # 1. kill -9 during epoch 2: the rerun resumes at epoch 2, not 1.
     first = run.start("run-1.log")
     try:
         _wait_for_checkpoint(run, first, 1)
-        time.sleep(0.5)  # into epoch 2's batches (an epoch takes seconds here)
+        time.sleep(0.3)  # into epoch 2's batches
     finally:
         first.kill()
     assert run.results_epochs() == [1], "killed too late: epoch 2 had already finished"
