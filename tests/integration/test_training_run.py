@@ -354,3 +354,11 @@ def test_permanent_problems_are_found_before_training(tmp_path: Path, extra: dic
     assert message in log
     assert not (run.root / "datasets" / "local" / "early").exists()
     assert not (run.run_dir / "weights").exists()
+
+
+def test_unknown_model_yaml_is_permanent(tmp_path: Path) -> None:
+    run = Run(tmp_path, "unknown", TRAINING_MODEL="yolo99x.yaml")
+    _dataset(run.root)
+    code, log = run.run("unknown.log", timeout=120)
+    assert code == contract.EXIT_PERMANENT, log[-3000:]
+    assert "TRAINING_MODEL" in log and "yolo99" in log

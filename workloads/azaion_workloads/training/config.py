@@ -7,6 +7,7 @@ fails at once with a single message naming every problem (exit code
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -308,7 +309,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> TrainingSettings:
             except UnsafePathError as error:
                 problems.append(f"{name}: {error}")
     if not problems:
-        values["layout"] = DataLayout.from_env(env)
+        layout = DataLayout.from_env(env)
+        # Absolute from here on: data.yaml and checkpoints record these paths.
+        values["layout"] = dataclasses.replace(layout, root=layout.root.absolute())
     for name, (field, parse) in _ENV_FIELDS.items():
         raw = env.get(name)
         if raw is None or (raw.strip() == "" and field != "resource_name"):

@@ -19,7 +19,7 @@ from typing import Any
 from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, leftover_temp_files
 from azaion_workloads.training.checkpoints import CheckpointStore, truncate_results, try_load
 from azaion_workloads.training.config import TrainingSettings
-from azaion_workloads.training.errors import Interrupted
+from azaion_workloads.training.errors import Interrupted, PermanentError
 from azaion_workloads.training.progress import Progress, now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,10 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
         # No usable checkpoint: start over, without rows of an earlier try.
         (run_dir / "results.csv").unlink(missing_ok=True)
         log.info("starting training from %s for %d epochs on %s", settings.model, settings.epochs, device)
-        model = YOLO(settings.model_source())
+        try:
+            model = YOLO(settings.model_source())
+        except FileNotFoundError as error:  # an unknown model YAML name: retrying cannot help
+            raise PermanentError(f"TRAINING_MODEL: {error}") from None
         callbacks.register(model)
         model.train(
             epochs=settings.epochs,
