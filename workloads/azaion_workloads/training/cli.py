@@ -5,7 +5,7 @@ Subcommands:
 * ``run`` (the default): every step of a run, configured from the
   environment (see :mod:`azaion_workloads.training.config`).
 * ``dataset``: only form the dataset.
-* ``decrypt KEYFILE INPUT OUTPUT``: decrypt a published model.
+* ``decrypt INPUT OUTPUT [--key-file KEY]``: decrypt a published model.
 
 Exit codes: 0 done; 78 bad configuration or data (do not retry); 75 stopped
 at a safe point after SIGTERM (resume later); anything else is retryable.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -38,9 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="form the dataset, train, export, encrypt, publish")
     commands.add_parser("dataset", help="only form the dataset")
     decrypt = commands.add_parser("decrypt", help="decrypt an encrypted model file")
-    decrypt.add_argument("key_file", type=Path, help="the 32-byte key (raw, hex or base64)")
-    decrypt.add_argument("input", type=Path)
-    decrypt.add_argument("output", type=Path)
+    decrypt.add_argument("input", type=Path, help="an encrypted model (*.enc)")
+    decrypt.add_argument("output", type=Path, help="where the model goes; written only when it verifies")
+    decrypt.add_argument(
+        "--key-file",
+        type=Path,
+        default=Path(os.environ.get("ENCRYPTION_KEY_FILE") or contract.ENCRYPTION_KEY_FILE),
+        help="the 32-byte key: raw, 64 hex characters or base64 (default: $ENCRYPTION_KEY_FILE, "
+        "else the mounted Secret)",
+    )
     return parser
 
 

@@ -7,8 +7,8 @@ File format, version 1 (all integers big-endian)::
     scheme     1 byte    1 = STREAM nonces: 7-byte random prefix | 4-byte counter | last flag
     chunk_size 4 bytes   plaintext bytes per chunk (every chunk but the last is full)
     key_id_len 1 byte
-    key_id     key_id_len bytes (UTF-8; names the key, never derived from its secret bits
-               alone in a way that reveals them)
+    key_id     key_id_len bytes, UTF-8: which key sealed the file (ENCRYPTION_KEY_ID,
+               or by default "sha256:" + 16 hex digits of a hash of the key)
     prefix     7 bytes   random nonce prefix
     chunks     ciphertext + 16-byte tag each; at least one chunk (empty input -> one
                empty final chunk)
