@@ -20,11 +20,13 @@ from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, leftover_te
 from azaion_workloads.training.checkpoints import CheckpointStore, truncate_results, try_load
 from azaion_workloads.training.config import TrainingSettings
 from azaion_workloads.training.errors import Interrupted, PermanentError
-from azaion_workloads.training.progress import Progress, now_rfc3339
+from azaion_workloads.training.progress import Progress, keepalive, now_rfc3339
 
 log = logging.getLogger(__name__)
 
 DONE_FILE = "training.json"
+#: Longest model and data set-up that keeps the liveness probe happy.
+SETUP_KEEPALIVE_SECONDS = 2 * 3600
 
 _METRIC_KEYS = {
     "map50": "metrics/mAP50(B)",
@@ -69,6 +71,9 @@ class _Callbacks:
         self.store = store
         self.started = time.monotonic()
         self.first_epoch: int | None = None
+        # ultralytics scans and caches every label before the first batch (minutes
+        # on a large dataset) without a callback: beat from a thread until then.
+        self.setup: keepalive | None = keepalive(progress, SETUP_KEEPALIVE_SECONDS).__enter__()
 
     def register(self, model: Any) -> None:
         model.add_callback("on_train_start", self.on_train_start)
@@ -79,6 +84,12 @@ class _Callbacks:
 
     def on_train_start(self, _trainer: Any) -> None:
         self.started = time.monotonic()  # the ETA counts epochs, not model and data set-up
+        self.end_setup()  # batches beat from now on
+
+    def end_setup(self) -> None:
+        if self.setup is not None:
+            self.setup.__exit__()
+            self.setup = None
 
     def on_batch_end(self, trainer: Any) -> None:
         self.progress.beat()
@@ -158,7 +169,6 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
     }
     if settings.patience is not None:
         common["patience"] = settings.patience
-    callbacks = _Callbacks(settings, progress, store)
     for leftover in leftover_temp_files(run_dir):
         leftover.unlink(missing_ok=True)  # a checkpoint copy cut short by a kill
 
@@ -177,36 +187,40 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
             log.warning("best.pt does not load; using the verified checkpoint %s", resume.path)
             atomic_copy(resume.path, store.best)
         return _record(done_file, store.best, None, {})
-    if resume is not None:
-        dropped = truncate_results(run_dir / "results.csv", resume.epochs_done)
-        log.info(
-            "resuming at epoch %d of %d from %s%s",
-            resume.epochs_done + 1,
-            settings.epochs,
-            resume.path.relative_to(run_dir),
-            f" (dropped {dropped} results row(s) of epochs trained after it)" if dropped else "",
-        )
-        model = YOLO(str(resume.path))
-        callbacks.register(model)
-        model.train(resume=str(resume.path), **common)
-    else:
-        # No usable checkpoint: start over, without rows of an earlier try.
-        (run_dir / "results.csv").unlink(missing_ok=True)
-        log.info("starting training from %s for %d epochs on %s", settings.model, settings.epochs, device)
-        try:
-            model = YOLO(settings.model_source())
-        except FileNotFoundError as error:  # an unknown model YAML name: retrying cannot help
-            raise PermanentError(f"TRAINING_MODEL: {error}") from None
-        callbacks.register(model)
-        model.train(
-            epochs=settings.epochs,
-            exist_ok=True,
-            project=str(run_dir.parent),
-            name=run_dir.name,
-            **({"optimizer": settings.optimizer} if settings.optimizer else {}),
-            **settings.extra_args,
-            **common,
-        )
+    callbacks = _Callbacks(settings, progress, store)
+    try:
+        if resume is not None:
+            dropped = truncate_results(run_dir / "results.csv", resume.epochs_done)
+            log.info(
+                "resuming at epoch %d of %d from %s%s",
+                resume.epochs_done + 1,
+                settings.epochs,
+                resume.path.relative_to(run_dir),
+                f" (dropped {dropped} results row(s) of epochs trained after it)" if dropped else "",
+            )
+            model = YOLO(str(resume.path))
+            callbacks.register(model)
+            model.train(resume=str(resume.path), **common)
+        else:
+            # No usable checkpoint: start over, without rows of an earlier try.
+            (run_dir / "results.csv").unlink(missing_ok=True)
+            log.info("starting training from %s for %d epochs on %s", settings.model, settings.epochs, device)
+            try:
+                model = YOLO(settings.model_source())
+            except FileNotFoundError as error:  # an unknown model YAML name: retrying cannot help
+                raise PermanentError(f"TRAINING_MODEL: {error}") from None
+            callbacks.register(model)
+            model.train(
+                epochs=settings.epochs,
+                exist_ok=True,
+                project=str(run_dir.parent),
+                name=run_dir.name,
+                **({"optimizer": settings.optimizer} if settings.optimizer else {}),
+                **settings.extra_args,
+                **common,
+            )
+    finally:
+        callbacks.end_setup()
     if progress.stop.requested:
         raise Interrupted("stopped after training")
     if not store.best.exists():
