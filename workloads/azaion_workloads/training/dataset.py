@@ -113,7 +113,7 @@ def check_image(path: Path) -> str | None:
     JPEGs are decoded in draft mode (1/8 scale): every entropy-coded block is
     still read, at a fraction of the cost of a full decode.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
@@ -124,8 +124,8 @@ def check_image(path: Path) -> str | None:
             if image.format == "JPEG":
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return f"image not decodable: {error}"
+    except Exception as error:  # PIL raises many kinds (decompression bombs included)
+        return f"image not decodable: {type(error).__name__}: {error}"
     return None
 
 
@@ -299,7 +299,7 @@ class DatasetBuilder:
                 if path.is_symlink() or not path.is_file():
                     return f"{path.name} is not a regular file"
             try:
-                text = item.label.read_text(encoding="utf-8")
+                text = item.label.read_text(encoding="utf-8-sig")  # a BOM from Windows tools is fine
             except (OSError, UnicodeDecodeError) as error:
                 return f"label unreadable: {error}"
             return validate_label_text(text, valid_ids) or check_image(item.image)
