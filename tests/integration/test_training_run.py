@@ -365,3 +365,22 @@ def test_unknown_model_yaml_is_permanent(tmp_path: Path) -> None:
     code, log = run.run("unknown.log", timeout=120)
     assert code == contract.EXIT_PERMANENT, log[-3000:]
     assert "TRAINING_MODEL" in log and "yolo99" in log
+
+
+def test_dataset_subcommand_forms_only_the_dataset(tmp_path: Path) -> None:
+    run = Run(tmp_path, "only-data")
+    bad = _dataset(run.root)
+    result = subprocess.run(
+        [sys.executable, "-m", "azaion_workloads.training.cli", "dataset"],
+        env=run.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    dataset = run.status()["artifacts"]["dataset"]
+    assert (dataset["train"], dataset["valid"], dataset["test"]) == (17, 5, 2)  # 24 at 0.7/0.2/0.1
+    assert dataset["corrupted"] == len(bad)
+    assert (run.root / dataset["path"] / "data.yaml").exists()
+    assert not (run.run_dir / "weights").exists()
+    assert run.network_attempts() == ""
