@@ -1,6 +1,6 @@
 """Generate the CustomResourceDefinitions from the pydantic models.
 
-    azaion-crdgen            write crds/*.yaml
+    azaion-crdgen            write crds/*.yaml and the chart's copies
     azaion-crdgen --check    exit 1 when the files on disk are stale
 
 pydantic emits JSON Schema 2020-12; the API server wants a structural
@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from azaion_workloads.contract import API_GROUP, API_VERSION
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from azaion_workloads.contract import API_GROUP, API_VERSION
+
 REPO = Path(__file__).resolve().parents[2]
-CRD_DIRS = [REPO / "crds"]
+# The chart renders its copies with .Files.Glob (Helm reads only files inside the chart).
+CRD_DIRS = [REPO / "crds", REPO / "charts" / "azaion" / "files" / "crds"]
 
 _DROP = {"title", "discriminator"}
 
@@ -155,6 +157,7 @@ def build_crd(source: CrdSource) -> dict[str, Any]:
 
 
 def sources() -> list[CrdSource]:
+    from azaion_operator.models import annotationconsumer as ac
     from azaion_operator.models import trainingrun as tr
 
     return [
@@ -174,6 +177,27 @@ def sources() -> list[CrdSource]:
                 {"name": "mAP50-95", "type": "number", "jsonPath": ".status.progress.metrics.map50_95"},
                 {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
                 {"name": "Queue", "type": "integer", "jsonPath": ".status.queuePosition", "priority": 1},
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            ],
+        ),
+        CrdSource(
+            kind=ac.KIND,
+            plural=ac.PLURAL,
+            singular=ac.SINGULAR,
+            short_names=ac.SHORT_NAMES,
+            spec_model=ac.AnnotationConsumerSpec,
+            status_model=ac.AnnotationConsumerStatus,
+            description="The annotation stream consumer: reads the RabbitMQ stream and writes "
+            "annotations to the data volume, keeping its offset on a volume of its own.",
+            printer_columns=[
+                {
+                    "name": "Ready",
+                    "type": "string",
+                    "jsonPath": ".status.conditions[?(@.type=='Available')].status",
+                },
+                {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                {"name": "Offset", "type": "integer", "jsonPath": ".status.offset"},
+                {"name": "Last Message", "type": "date", "jsonPath": ".status.lastMessageTime"},
                 {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
             ],
         ),

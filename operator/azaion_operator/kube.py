@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import functools
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
-from azaion_workloads.contract import API_GROUP, API_VERSION
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+
+from azaion_workloads.contract import API_GROUP, API_VERSION
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -110,3 +115,60 @@ def delete_job(namespace: str, name: str) -> None:
 
 def delete_jobs(namespace: str, label_selector: str) -> None:
     batch().delete_collection_namespaced_job(namespace, label_selector=label_selector, propagation_policy="Background")
+
+
+FIELD_MANAGER = "azaion-operator"
+
+
+def apply_deployment(obj: dict[str, Any]) -> None:
+    """Server-side apply: the Deployment ends up exactly as built, whoever touched it."""
+    client.AppsV1Api(api_client()).patch_namespaced_deployment(
+        obj["metadata"]["name"],
+        obj["metadata"]["namespace"],
+        obj,
+        field_manager=FIELD_MANAGER,
+        force=True,
+        _content_type="application/apply-patch+yaml",
+    )
+
+
+def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        deployment = client.AppsV1Api(api_client()).read_namespaced_deployment(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return api_client().sanitize_for_serialization(deployment)
+
+
+def post_event(obj: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+    """An Event on ``obj`` (best effort: a lost Event must not fail a reconcile).
+
+    Posted directly rather than through kopf, because decisions are also made
+    outside kopf's handler context (the resync loop).
+    """
+    meta = obj["metadata"]
+    now = datetime.now(UTC)
+    event = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion"),
+            "kind": obj.get("kind"),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": event_type,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        core().create_namespaced_event(meta["namespace"], event)
+    except ApiException as error:
+        log.warning("could not post event %s on %s: %s", reason, meta["name"], error.reason)

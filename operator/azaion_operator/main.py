@@ -9,8 +9,9 @@ import os
 from typing import Any
 
 import kopf
-from azaion_workloads.contract import API_GROUP
 from prometheus_client import start_http_server
+
+from azaion_workloads.contract import API_GROUP
 
 
 @kopf.on.startup()
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.metrics_port:
         start_http_server(args.metrics_port)
     # Importing the handlers registers them with kopf.
-    from azaion_operator.handlers import trainingrun  # noqa: F401
+    from azaion_operator.handlers import annotationconsumer, trainingrun  # noqa: F401
 
     asyncio.run(
         kopf.operator(

@@ -20,7 +20,7 @@ TRAINER_CONTAINER = "trainer"
 _MAX_LABEL_VALUE = 63
 
 
-def _bounded(base: str, suffix: str, limit: int = _MAX_LABEL_VALUE) -> str:
+def bounded(base: str, suffix: str, limit: int = _MAX_LABEL_VALUE) -> str:
     """``base + suffix`` cut to ``limit`` characters, keeping it unique with a hash."""
     name = f"{base}{suffix}"
     if len(name) <= limit:
@@ -32,9 +32,9 @@ def _bounded(base: str, suffix: str, limit: int = _MAX_LABEL_VALUE) -> str:
 
 def job_name(run: str, attempt: int) -> str:
     """The Job of one attempt; also a label value (job-name), so at most 63 characters."""
-    return _bounded(run, f"-a{attempt}")
+    return bounded(run, f"-a{attempt}")
 
 
 def trainer_service_account(run: str) -> str:
     """The identity a run's pods patch their own status with."""
-    return _bounded(run, "-trainer", 253)
+    return bounded(run, "-trainer", 253)

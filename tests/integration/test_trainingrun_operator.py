@@ -198,6 +198,12 @@ def test_permanent_exit_code_fails_at_once_without_a_new_job(api_client, namespa
     assert [j.metadata.name for j in jobs_of(api_client, namespace, "bad-data")] == ["bad-data-a1"]
     assert status_of(api_client, namespace, "bad-data")["attempts"] == 1
 
+    def reasons() -> set[str]:
+        events = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
+        return {e.reason for e in events if e.involved_object.name == "bad-data"}
+
+    wait_until(lambda: {"AttemptStarted", "PermanentError"} <= reasons(), 10, "an Event per transition")
+
 
 def test_oom_is_named_in_the_reason(api_client, namespace, simulated):
     body = run_body(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from azaion_workloads import contract
-
 from azaion_operator.builders.common import (
     container_security_context,
     downward_env,
@@ -26,6 +24,7 @@ from azaion_operator.names import (
     job_name,
     trainer_service_account,
 )
+from azaion_workloads import contract
 
 TMP_MOUNT = "/tmp"  # noqa: S108 - an emptyDir: the root filesystem is read-only
 

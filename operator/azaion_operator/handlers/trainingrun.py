@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from azaion_workloads.contract import API_GROUP, API_VERSION
 
 from azaion_operator import kube, metrics
 from azaion_operator.builders.trainingjob import build_job, build_trainer_identity
@@ -26,6 +25,7 @@ from azaion_operator.models.trainingrun import PLURAL, Phase, TrainingRunSpec
 from azaion_operator.names import LABEL_TRAININGRUN, job_name
 from azaion_operator.outcomes import is_disrupted
 from azaion_operator.queueing import Waiting, free_gpus, plan
+from azaion_workloads.contract import API_GROUP, API_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _now() -> datetime:
 
 def _post_events(run: dict[str, Any], decision: Decision) -> None:
     for event_type, reason, message in decision.events:
-        kopf.event(run, type=event_type, reason=reason, message=message)
+        kube.post_event(run, event_type, reason, message)
 
 
 def _admission(namespace: str, name: str) -> Admission:
@@ -221,5 +221,5 @@ def on_pod_event(namespace: str, name: str, labels: dict[str, str], body: kopf.B
         counted.append(name)
         kube.patch_status(PLURAL, namespace, run_name, {"preemptedPods": counted})
         metrics.PREEMPTIONS.inc()
-        kopf.event(run, type="Warning", reason="Preempted", message=f"pod {name} was disrupted; the Job replaces it")
+        kube.post_event(run, "Warning", "Preempted", f"pod {name} was disrupted; the Job replaces it")
     reconcile(namespace, run_name)

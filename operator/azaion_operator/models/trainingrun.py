@@ -5,8 +5,6 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from azaion_workloads.contract import EXIT_PERMANENT
-from azaion_workloads.training.config import ALLOWED_EXTRA_ARGS, OPTIMIZERS
 from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
 from azaion_operator.models.common import (
@@ -18,6 +16,8 @@ from azaion_operator.models.common import (
     StatusModel,
     Toleration,
 )
+from azaion_workloads.contract import EXIT_PERMANENT
+from azaion_workloads.training.config import ALLOWED_EXTRA_ARGS, OPTIMIZERS
 
 KIND = "TrainingRun"
 PLURAL = "trainingruns"

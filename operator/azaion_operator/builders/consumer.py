@@ -1,0 +1,176 @@
+"""Pure builders of an AnnotationConsumer's children: Deployment, offset claim, identity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from azaion_operator.builders.common import (
+    container_security_context,
+    env_from_secret,
+    env_value,
+    owner_reference,
+    pod_security_context,
+)
+from azaion_operator.config import OperatorConfig
+from azaion_operator.models.annotationconsumer import KIND, PLURAL, AnnotationConsumerSpec
+from azaion_operator.names import LABEL_ANNOTATIONCONSUMER, LABEL_MANAGED_BY, MANAGED_BY, bounded
+from azaion_workloads import contract
+
+CONTAINER = "consumer"
+HTTP_PORT = 8080
+OFFSET_MOUNT = "/var/lib/azaion-queue"
+
+
+def deployment_name(name: str) -> str:
+    return bounded(name, "-consumer")
+
+
+def offset_claim_name(name: str) -> str:
+    return bounded(name, "-offset", 253)
+
+
+def service_account_name(name: str) -> str:
+    return bounded(name, "-consumer", 253)
+
+
+def consumer_labels(name: str) -> dict[str, str]:
+    return {
+        LABEL_ANNOTATIONCONSUMER: name,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        "app.kubernetes.io/name": "azaion-annotation-consumer",
+    }
+
+
+def consumer_env(meta: dict[str, Any], spec: AnnotationConsumerSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+    rabbit = spec.rabbitmq
+    creds = rabbit.credentials_secret_ref
+    return [
+        env_value("RABBITMQ_HOST", rabbit.host),
+        env_value("RABBITMQ_PORT", rabbit.port),
+        env_value("RABBITMQ_VHOST", rabbit.vhost),
+        env_value("RABBITMQ_STREAM", rabbit.stream),
+        env_value("RABBITMQ_TLS", rabbit.tls.enabled),
+        env_from_secret("RABBITMQ_USER", creds.name, creds.username_key),
+        env_from_secret("RABBITMQ_PASSWORD", creds.name, creds.password_key),
+        env_value("QUEUE_OFFSET_FILE", f"{OFFSET_MOUNT}/offset.yaml"),
+        env_value("QUEUE_CONSUMER_NAME", f"{meta['namespace']}.{meta['name']}"),
+        env_value("QUEUE_START_FROM", spec.start_from),
+        env_value("QUEUE_COMMIT_EVERY", spec.offset_commit.every_messages),
+        env_value("QUEUE_COMMIT_INTERVAL_MS", spec.offset_commit.interval_milliseconds),
+        env_value("QUEUE_DISK_WARN_PERCENT", spec.disk.warn_percent),
+        env_value("QUEUE_DISK_CRITICAL_PERCENT", spec.disk.critical_percent),
+        env_value("QUEUE_HTTP_PORT", HTTP_PORT),
+        env_value(contract.ENV_ROOT_DIR, config.data_mount_path),
+        env_value(contract.ENV_RESOURCE_NAME, meta["name"]),
+        env_value(contract.ENV_RESOURCE_NAMESPACE, meta["namespace"]),
+    ]
+
+
+def build_deployment(meta: dict[str, Any], spec: AnnotationConsumerSpec, config: OperatorConfig) -> dict[str, Any]:
+    """One replica, Recreate: never two consumers on one offset file."""
+    name, namespace = meta["name"], meta["namespace"]
+    labels = consumer_labels(name)
+    limits = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
+    container = {
+        "name": CONTAINER,
+        "image": spec.image or config.queue_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["azaion-queue"],
+        "env": consumer_env(meta, spec, config),
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "resources": {"limits": limits, "requests": dict(limits)},
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "data", "mountPath": config.data_mount_path},
+            {"name": "offset", "mountPath": OFFSET_MOUNT},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir; the root filesystem is read-only
+        ],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 2,
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(name),
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(KIND, meta)],
+        },
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {LABEL_ANNOTATIONCONSUMER: name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": service_account_name(name),
+                    "securityContext": pod_security_context(config.run_as_user),
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "data", "persistentVolumeClaim": {"claimName": spec.data_volume.claim_name}},
+                        {"name": "offset", "persistentVolumeClaim": {"claimName": offset_claim_name(name)}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def build_offset_claim(meta: dict[str, Any], spec: AnnotationConsumerSpec) -> dict[str, Any]:
+    """The offset volume; owned by the resource only when it should die with it."""
+    volume = spec.offset_volume
+    metadata: dict[str, Any] = {
+        "name": offset_claim_name(meta["name"]),
+        "namespace": meta["namespace"],
+        "labels": consumer_labels(meta["name"]),
+    }
+    if volume.delete_policy == "Delete":
+        metadata["ownerReferences"] = [owner_reference(KIND, meta)]
+    claim_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": volume.size}}}
+    if volume.storage_class_name:
+        claim_spec["storageClassName"] = volume.storage_class_name
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": claim_spec}
+
+
+def build_consumer_identity(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding allowing only patches of this resource's status."""
+    name, namespace = meta["name"], meta["namespace"]
+    account = service_account_name(name)
+    common = {"namespace": namespace, "labels": consumer_labels(name), "ownerReferences": [owner_reference(KIND, meta)]}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, **common}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": account, **common},
+            "rules": [
+                {
+                    "apiGroups": [contract.API_GROUP],
+                    "resources": [f"{PLURAL}/status"],
+                    "resourceNames": [name],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": account, **common},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ]

@@ -1,0 +1,141 @@
+"""AnnotationConsumer conditions from its Deployment and the consumer's own reports (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from azaion_operator.lifecycle import parse_time, timestamp
+from azaion_operator.models.annotationconsumer import AnnotationConsumerSpec, ConsumerPhase, duration_seconds
+
+
+@dataclass
+class Health:
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _deployment_condition(deployment: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    for condition in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return condition
+    return {}
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str, now: str, generation: int) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now,
+        "observedGeneration": generation,
+    }
+
+
+def assess(
+    meta: dict[str, Any],
+    spec: AnnotationConsumerSpec,
+    status: dict[str, Any],
+    deployment: dict[str, Any] | None,
+    now: datetime,
+) -> Health:
+    """Phase and the Available, Progressing, Stalled and DiskPressure conditions."""
+    health = Health()
+    stamp, generation = timestamp(now), meta.get("generation", 1)
+
+    # Offset bookkeeping: remember when the reported offset last moved.
+    offset = status.get("offset")
+    changed_at = parse_time(status.get("offsetChangedAt"))
+    if offset != status.get("seenOffset") or changed_at is None:
+        health.status["seenOffset"] = offset
+        health.status["offsetChangedAt"] = stamp
+        changed_at = now
+
+    available = _deployment_condition(deployment, "Available")
+    progressing = _deployment_condition(deployment, "Progressing")
+    is_available = available.get("status") == "True"
+
+    stall_after = duration_seconds(spec.stall_after)
+    reported = parse_time(status.get("reportedAt"))
+    waiting = status.get("messagesWaiting")
+    stalled, stall_message = False, "the offset advances or nothing is waiting"
+    if is_available and reported is not None and (now - reported).total_seconds() > stall_after:
+        stalled = True
+        stall_message = f"the consumer has not reported for {int((now - reported).total_seconds())}s"
+    elif waiting and (now - changed_at).total_seconds() > stall_after:
+        stalled = True
+        stall_message = (
+            f"offset {offset} has not advanced for {int((now - changed_at).total_seconds())}s "
+            f"while {waiting} messages wait"
+        )
+
+    disk = status.get("diskUsagePercent")
+    pressure = disk is not None and disk >= spec.disk.warn_percent
+    if pressure and disk >= spec.disk.critical_percent:
+        disk_reason, disk_message = "DiskCritical", f"data volume {disk:.1f}% full: consuming paused"
+    elif pressure:
+        disk_reason, disk_message = "DiskAboveWarning", f"data volume {disk:.1f}% full"
+    else:
+        disk_reason, disk_message = "DiskOK", "" if disk is None else f"data volume {disk:.1f}% full"
+
+    conditions = [
+        _condition(
+            "Available",
+            is_available,
+            available.get("reason") or "DeploymentNotAvailable",
+            available.get("message") or "the consumer Deployment is not available",
+            stamp,
+            generation,
+        ),
+        _condition(
+            "Progressing",
+            progressing.get("status") == "True",
+            progressing.get("reason") or "Pending",
+            progressing.get("message") or "",
+            stamp,
+            generation,
+        ),
+        _condition(
+            "Stalled", stalled, "OffsetNotAdvancing" if stalled else "OffsetAdvancing", stall_message, stamp, generation
+        ),
+        _condition("DiskPressure", pressure, disk_reason, disk_message, stamp, generation),
+    ]
+    previous = {c.get("type"): c for c in status.get("conditions") or []}
+    for condition in conditions:
+        before = previous.get(condition["type"], {})
+        if before.get("status") == condition["status"] and before.get("reason") == condition["reason"]:
+            condition["lastTransitionTime"] = before.get("lastTransitionTime", stamp)
+        flipped = before.get("status", "False") != condition["status"]
+        if condition["type"] in ("Stalled", "DiskPressure") and flipped:
+            event_type = "Warning" if condition["status"] == "True" else "Normal"
+            reason = condition["type"] if condition["status"] == "True" else f"{condition['type']}Cleared"
+            health.events.append((event_type, reason, condition["message"]))
+
+    if not is_available:
+        phase = ConsumerPhase.PENDING
+    elif stalled or pressure:
+        phase = ConsumerPhase.DEGRADED
+    else:
+        phase = ConsumerPhase.RUNNING
+    health.status.update(phase=phase.value, conditions=conditions, observedGeneration=generation)
+    return health
+
+
+def changed(current: dict[str, Any], update: dict[str, Any]) -> bool:
+    """Whether writing ``update`` would change anything but timestamps."""
+
+    def strip(conditions: list[dict[str, Any]] | None) -> list[tuple]:
+        return [(c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in conditions or []]
+
+    for key, value in update.items():
+        if key == "conditions":
+            if strip(value) != strip(current.get("conditions")):
+                return True
+        elif key == "offsetChangedAt":
+            if current.get("seenOffset") != update.get("seenOffset") or not current.get(key):
+                return True
+        elif current.get(key) != value:
+            return True
+    return False

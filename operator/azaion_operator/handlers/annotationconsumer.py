@@ -1,0 +1,116 @@
+"""kopf handlers for AnnotationConsumers: children on spec changes, health on a resync loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from azaion_operator import kube, metrics
+from azaion_operator.builders.consumer import (
+    build_consumer_identity,
+    build_deployment,
+    build_offset_claim,
+    deployment_name,
+    offset_claim_name,
+)
+from azaion_operator.config import OperatorConfig
+from azaion_operator.consumer_health import assess, changed
+from azaion_operator.models.annotationconsumer import PLURAL, AnnotationConsumerSpec
+from azaion_operator.names import LABEL_ANNOTATIONCONSUMER
+from azaion_workloads.contract import API_GROUP, API_VERSION
+
+log = logging.getLogger(__name__)
+
+CONFIG = OperatorConfig.from_env()
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+
+def ensure_children(namespace: str, name: str) -> None:
+    """Offset claim (kept unless deletePolicy Delete), identity, and the Deployment as specified."""
+    consumer = kube.get_resource(PLURAL, namespace, name)
+    if consumer is None or consumer["metadata"].get("deletionTimestamp"):
+        return
+    meta = consumer["metadata"]
+    spec = AnnotationConsumerSpec.model_validate(consumer["spec"])
+    kube.create(build_offset_claim(meta, spec))  # an existing claim (and its offset) is reused
+    for obj in build_consumer_identity(meta):
+        kube.create(obj)
+    kube.apply_deployment(build_deployment(meta, spec, CONFIG))
+    kube.patch_status(
+        PLURAL,
+        namespace,
+        name,
+        {"deploymentName": deployment_name(name), "offsetClaimName": offset_claim_name(name)},
+    )
+
+
+def refresh_health(namespace: str, name: str) -> None:
+    """Recompute phase and conditions; write (and post Events) only when something changed."""
+    with _locks[(namespace, name)]:
+        consumer = kube.get_resource(PLURAL, namespace, name)
+        if consumer is None or consumer["metadata"].get("deletionTimestamp"):
+            return
+        spec = AnnotationConsumerSpec.model_validate(consumer["spec"])
+        status = consumer.get("status") or {}
+        deployment = kube.read_deployment(namespace, deployment_name(name))
+        health = assess(consumer["metadata"], spec, status, deployment, datetime.now(UTC))
+        if changed(status, health.status):
+            kube.patch_status(PLURAL, namespace, name, health.status)
+        for event_type, reason, message in health.events:
+            kube.post_event(consumer, event_type, reason, message)
+
+
+def resync_once() -> None:
+    phases: dict[str, int] = defaultdict(int)
+    for consumer in kube.list_resources(PLURAL):
+        meta = consumer["metadata"]
+        phases[(consumer.get("status") or {}).get("phase") or "Pending"] += 1
+        try:
+            refresh_health(meta["namespace"], meta["name"])
+        except Exception:
+            metrics.RECONCILE_ERRORS.labels("AnnotationConsumer").inc()
+            log.exception("health refresh of %s failed", meta["name"])
+    for phase in ("Pending", "Running", "Degraded"):
+        metrics.CONSUMERS_BY_PHASE.labels(phase).set(phases.get(phase, 0))
+
+
+async def _resync_forever() -> None:
+    while True:
+        await asyncio.sleep(CONFIG.reconcile_interval_seconds)
+        try:
+            await asyncio.to_thread(resync_once)
+        except Exception:
+            log.exception("consumer resync failed")
+
+
+@kopf.on.startup()
+async def start_consumer_resync(memo: kopf.Memo, **_: Any) -> None:
+    memo.consumer_resync_task = asyncio.create_task(_resync_forever())
+
+
+@kopf.on.cleanup()
+async def stop_consumer_resync(memo: kopf.Memo, **_: Any) -> None:
+    memo.consumer_resync_task.cancel()
+
+
+@kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.create(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec")
+def on_consumer_changed(namespace: str, name: str, **_: Any) -> None:
+    with metrics.RECONCILE_SECONDS.labels("AnnotationConsumer").time():
+        with _locks[(namespace, name)]:
+            ensure_children(namespace, name)
+        refresh_health(namespace, name)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_ANNOTATIONCONSUMER: kopf.PRESENT})
+def on_deployment_event(namespace: str, labels: dict[str, str], type: str | None, **_: Any) -> None:
+    if type is None:
+        return
+    refresh_health(namespace, labels[LABEL_ANNOTATIONCONSUMER])

@@ -1,0 +1,182 @@
+"""The AnnotationConsumer custom resource: the RabbitMQ stream consumer as a Deployment."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from azaion_operator.models.common import (
+    DNS_SUBDOMAIN_PATTERN,
+    QUANTITY_PATTERN,
+    ApiModel,
+    Condition,
+    StatusModel,
+)
+
+KIND = "AnnotationConsumer"
+PLURAL = "annotationconsumers"
+SINGULAR = "annotationconsumer"
+SHORT_NAMES = ["ac"]
+
+DURATION_PATTERN = r"^([0-9]+(s|m|h))+$"
+
+
+def duration_seconds(value: str) -> int:
+    """``"1h30m"`` -> 5400."""
+    total, number = 0, ""
+    for char in value:
+        if char.isdigit():
+            number += char
+        else:
+            total += int(number) * {"s": 1, "m": 60, "h": 3600}[char]
+            number = ""
+    return total
+
+
+class RabbitMQCredentialsRef(ApiModel):
+    """A Secret with the stream user's name and password."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    """Name of the Secret."""
+    username_key: str = "username"
+    """Key of the user name in the Secret."""
+    password_key: str = "password"  # noqa: S105 - a key name, not a secret
+    """Key of the password in the Secret."""
+
+
+class TLSSpec(ApiModel):
+    """TLS to the broker."""
+
+    enabled: bool = False
+    """Connect with TLS."""
+
+
+class RabbitMQSpec(ApiModel):
+    """Where the annotation stream lives."""
+
+    host: str = Field(min_length=1, max_length=253)
+    """Broker host name."""
+    port: int = Field(default=5552, ge=1, le=65535)
+    """Stream protocol port."""
+    vhost: str = Field(default="/", min_length=1)
+    """Virtual host."""
+    stream: str = Field(default="azaion-annotations", min_length=1, max_length=255)
+    """Stream name."""
+    credentials_secret_ref: RabbitMQCredentialsRef
+    """Secret with the user name and password (never put them in the spec)."""
+    tls: TLSSpec = Field(default_factory=TLSSpec)
+    """TLS settings."""
+
+
+class DataVolumeSpec(ApiModel):
+    """The data volume the annotations are written to."""
+
+    claim_name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    """PersistentVolumeClaim holding the data root."""
+
+
+class OffsetVolumeSpec(ApiModel):
+    """The consumer's own volume for its stream offset."""
+
+    size: str = Field(default="1Gi", pattern=QUANTITY_PATTERN)
+    """Requested size."""
+    storage_class_name: str | None = Field(default=None, max_length=253)
+    """StorageClass; the cluster default when unset."""
+    delete_policy: Literal["Retain", "Delete"] = "Retain"
+    """Retain keeps the volume (and the offset) when the resource is deleted; Delete removes it."""
+
+
+class ConsumerResources(ApiModel):
+    """CPU and memory of the consumer container."""
+
+    cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
+    """CPU request and limit."""
+    memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
+    """Memory request and limit."""
+
+
+class OffsetCommit(ApiModel):
+    """How often the offset is stored (always also at shutdown)."""
+
+    every_messages: int = Field(default=100, ge=1, le=100000)
+    """Store after this many messages."""
+    interval_milliseconds: int = Field(default=1000, ge=10, le=600000)
+    """... or after this much time, whichever comes first."""
+
+
+class DiskThresholds(ApiModel):
+    """Data-volume usage thresholds."""
+
+    warn_percent: int = Field(default=80, ge=1, le=100)
+    """Warn (DiskPressure condition) above this usage."""
+    critical_percent: int = Field(default=95, ge=1, le=100)
+    """Stop consuming (not ready) above this usage instead of failing writes."""
+
+
+class AnnotationConsumerSpec(ApiModel):
+    """Desired state of an AnnotationConsumer."""
+
+    image: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Consumer image; the operator's configured default when unset."""
+    rabbitmq: RabbitMQSpec
+    """The stream to read."""
+    data_volume: DataVolumeSpec
+    """The data volume."""
+    offset_volume: OffsetVolumeSpec = Field(default_factory=OffsetVolumeSpec)
+    """The offset volume (created by the operator when absent)."""
+    resources: ConsumerResources = Field(default_factory=ConsumerResources)
+    """Container resources."""
+    start_from: str = Field(
+        default="first",
+        pattern=r"^(first|last|next|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(Z|[+-][0-9:]+))$",
+    )
+    """Where to start when no offset is stored: first, last, next, or an RFC 3339 time."""
+    offset_commit: OffsetCommit = Field(default_factory=OffsetCommit)
+    """Offset batching."""
+    disk: DiskThresholds = Field(default_factory=DiskThresholds)
+    """Disk thresholds."""
+    stall_after: str = Field(default="30m", pattern=DURATION_PATTERN)
+    """Report Stalled when the offset has not advanced this long while messages wait, or reports stop."""
+
+
+class ConsumerPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    DEGRADED = "Degraded"
+
+
+class AnnotationConsumerStatus(StatusModel):
+    """Observed state. The operator writes phase, conditions and bookkeeping; the consumer its counters."""
+
+    phase: ConsumerPhase | None = None
+    """Pending, Running or Degraded (running but stalled or short of disk)."""
+    conditions: list[Condition] | None = None
+    """Available, Progressing, Stalled and DiskPressure."""
+    observed_generation: int | None = None
+    """The .metadata.generation the operator last acted on."""
+    deployment_name: str | None = None
+    """The consumer Deployment."""
+    offset_claim_name: str | None = None
+    """The offset PersistentVolumeClaim."""
+    offset_changed_at: str | None = None
+    """When the operator last saw the offset advance (RFC 3339)."""
+    seen_offset: int | None = None
+    """The offset the operator last compared against."""
+    offset: int | None = None
+    """Last stored stream offset (reported by the consumer)."""
+    messages_processed: int | None = None
+    """Messages applied since the consumer started (reported)."""
+    messages_quarantined: int | None = None
+    """Messages quarantined since the consumer started (reported)."""
+    messages_waiting: int | None = None
+    """Messages in the stream after the offset, when known (reported)."""
+    last_message_time: str | None = None
+    """When the last message was handled (reported, RFC 3339)."""
+    disk_usage_percent: float | None = None
+    """Data-volume usage (reported)."""
+    connected: bool | None = None
+    """Whether the consumer is connected to the broker (reported)."""
+    reported_at: str | None = None
+    """When the consumer last reported (RFC 3339)."""

@@ -1,0 +1,272 @@
+"""The AnnotationConsumer operator, running for real against the control plane."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from tests.fixtures.processes import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator", "data_claim")]
+
+GROUP, VERSION, PLURAL = "ai.azaion.com", "v1alpha1", "annotationconsumers"
+SECRET_VALUES = {"username": "azaion_receiver", "password": "never-in-a-spec-0xC0FFEE"}
+
+
+def consumer_body(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "AnnotationConsumer",
+        "metadata": {"name": name},
+        "spec": {
+            "image": "registry.local/azaion/annotation-queue:1.0.0",
+            "rabbitmq": {"host": "rabbitmq.azaion.svc", "credentialsSecretRef": {"name": "rabbitmq"}},
+            "dataVolume": {"claimName": "azaion-data"},
+            **spec,
+        },
+    }
+
+
+@pytest.fixture
+def rabbitmq_secret(api_client, namespace) -> None:
+    client.CoreV1Api(api_client).create_namespaced_secret(
+        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="rabbitmq"), string_data=SECRET_VALUES)
+    )
+
+
+def custom(api_client) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client)
+
+
+def create(api_client, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    return custom(api_client).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict"
+    )
+
+
+def status_of(api_client, namespace: str, name: str) -> dict[str, Any]:
+    return custom(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+
+
+def condition(api_client, namespace: str, name: str, kind: str) -> dict[str, Any]:
+    for entry in status_of(api_client, namespace, name).get("conditions") or []:
+        if entry["type"] == kind:
+            return entry
+    return {}
+
+
+def deployment(api_client, namespace: str, name: str) -> client.V1Deployment | None:
+    try:
+        return client.AppsV1Api(api_client).read_namespaced_deployment(f"{name}-consumer", namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def report(api_client, namespace: str, name: str, **fields: Any) -> None:
+    """Play the consumer's part: it merge-patches its counters into status."""
+    fields.setdefault("reportedAt", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    custom(api_client).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, name, {"status": fields}
+    )
+
+
+def test_apply_creates_offset_claim_and_deployment_then_runs(api_client, namespace, rabbitmq_secret):
+    create(api_client, namespace, consumer_body("main"))
+    core = client.CoreV1Api(api_client)
+    wait_until(lambda: deployment(api_client, namespace, "main") is not None, 15, "the consumer Deployment")
+    wait_until(
+        lambda: core.read_namespaced_persistent_volume_claim("main-offset", namespace).status.phase == "Bound",
+        30,
+        "the offset claim to bind",
+    )
+    found = deployment(api_client, namespace, "main")
+    assert found.spec.replicas == 1
+    assert found.spec.strategy.type == "Recreate"
+    pod = found.spec.template.spec
+    (container,) = pod.containers
+    assert container.liveness_probe.http_get.path == "/healthz"
+    assert container.readiness_probe.http_get.path == "/readyz"
+    claims = {v.name: v.persistent_volume_claim.claim_name for v in pod.volumes if v.persistent_volume_claim}
+    assert claims == {"data": "azaion-data", "offset": "main-offset"}
+    env = {e.name: e for e in container.env}
+    assert env["RABBITMQ_PASSWORD"].value_from.secret_key_ref.name == "rabbitmq"
+    serialized = json.dumps(api_client.sanitize_for_serialization(found))
+    for secret in SECRET_VALUES.values():
+        assert secret not in serialized
+    assert pod.security_context.run_as_non_root is True
+    assert container.security_context.read_only_root_filesystem is True
+    assert pod.service_account_name == "main-consumer"
+
+    wait_until(lambda: status_of(api_client, namespace, "main").get("phase") == "Running", 60, "phase Running")
+    assert condition(api_client, namespace, "main", "Available")["status"] == "True"
+
+
+def test_image_change_rolls_the_deployment_never_two_pods(api_client, namespace, rabbitmq_secret):
+    core = client.CoreV1Api(api_client)
+    create(api_client, namespace, consumer_body("roll"))
+    wait_until(lambda: status_of(api_client, namespace, "roll").get("phase") == "Running", 60, "phase Running")
+
+    alive: set[str] = set()
+    most = [0]
+    stop = threading.Event()
+
+    def track() -> None:
+        stream = watch.Watch()
+        for event in stream.stream(
+            core.list_namespaced_pod,
+            namespace,
+            label_selector="ai.azaion.com/annotationconsumer=roll",
+            timeout_seconds=60,
+        ):
+            pod = event["object"]
+            if event["type"] == "DELETED":
+                alive.discard(pod.metadata.name)
+            else:
+                alive.add(pod.metadata.name)
+            most[0] = max(most[0], len(alive))
+            if stop.is_set():
+                stream.stop()
+
+    watcher = threading.Thread(target=track, daemon=True)
+    watcher.start()
+    new_image = "registry.local/azaion/annotation-queue:1.1.0"
+    custom(api_client).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "roll", {"spec": {"image": new_image}}
+    )
+
+    def rolled() -> bool:
+        pods = core.list_namespaced_pod(namespace, label_selector="ai.azaion.com/annotationconsumer=roll").items
+        return [p.spec.containers[0].image for p in pods] == [new_image] and pods[0].status.phase == "Running"
+
+    wait_until(rolled, 60, "the new image to run")
+    assert deployment(api_client, namespace, "roll").spec.template.spec.containers[0].image == new_image
+    stop.set()
+    assert most[0] == 1, f"{most[0]} consumer pods existed at once"
+
+
+def test_delete_keeps_the_offset_claim_and_recreate_reuses_it(api_client, namespace, rabbitmq_secret):
+    core = client.CoreV1Api(api_client)
+    create(api_client, namespace, consumer_body("keeper"))
+    wait_until(
+        lambda: core.read_namespaced_persistent_volume_claim("keeper-offset", namespace).status.phase == "Bound",
+        30,
+        "the offset claim",
+    )
+    claim_uid = core.read_namespaced_persistent_volume_claim("keeper-offset", namespace).metadata.uid
+    custom(api_client).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "keeper")
+    wait_until(lambda: deployment(api_client, namespace, "keeper") is None, 30, "the Deployment to be deleted")
+    assert core.read_namespaced_persistent_volume_claim("keeper-offset", namespace).metadata.uid == claim_uid
+
+    create(api_client, namespace, consumer_body("keeper"))
+    wait_until(lambda: deployment(api_client, namespace, "keeper") is not None, 15, "the new Deployment")
+    claim = core.read_namespaced_persistent_volume_claim("keeper-offset", namespace)
+    assert claim.metadata.uid == claim_uid
+    assert claim.metadata.deletion_timestamp is None
+
+
+def test_delete_policy_delete_removes_the_offset_claim(api_client, namespace, rabbitmq_secret):
+    core = client.CoreV1Api(api_client)
+    create(api_client, namespace, consumer_body("ephemeral", offsetVolume={"deletePolicy": "Delete"}))
+    wait_until(
+        lambda: (
+            core.list_namespaced_persistent_volume_claim(
+                namespace, label_selector="ai.azaion.com/annotationconsumer=ephemeral"
+            ).items
+        ),
+        15,
+        "the claim",
+    )
+    custom(api_client).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ephemeral")
+
+    def claim_gone() -> bool:
+        claims = core.list_namespaced_persistent_volume_claim(
+            namespace, label_selector="ai.azaion.com/annotationconsumer=ephemeral"
+        ).items
+        return all(c.metadata.deletion_timestamp for c in claims)
+
+    wait_until(claim_gone, 30, "the offset claim to be deleted")
+
+
+def test_stalled_appears_when_the_offset_stops_and_clears_when_it_moves(api_client, namespace, rabbitmq_secret):
+    create(api_client, namespace, consumer_body("watched", stallAfter="3s"))
+    wait_until(lambda: status_of(api_client, namespace, "watched").get("phase") == "Running", 60, "phase Running")
+    report(api_client, namespace, "watched", offset=10, messagesWaiting=5, connected=True)
+
+    def stalled() -> bool:
+        report(api_client, namespace, "watched", offset=10, messagesWaiting=5, connected=True)
+        return condition(api_client, namespace, "watched", "Stalled").get("status") == "True"
+
+    wait_until(stalled, 20, "the Stalled condition")
+    assert "offset 10" in condition(api_client, namespace, "watched", "Stalled")["message"]
+    assert status_of(api_client, namespace, "watched")["phase"] == "Degraded"
+
+    def stalled_event() -> bool:
+        events = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
+        return any(e.reason == "Stalled" and e.involved_object.name == "watched" for e in events)
+
+    wait_until(stalled_event, 10, "a Stalled Event")
+
+    report(api_client, namespace, "watched", offset=42, messagesWaiting=0, connected=True)
+    wait_until(
+        lambda: condition(api_client, namespace, "watched", "Stalled").get("status") == "False", 20, "Stalled to clear"
+    )
+    assert status_of(api_client, namespace, "watched")["phase"] == "Running"
+
+
+def test_disk_pressure_follows_the_consumer_report(api_client, namespace, rabbitmq_secret):
+    create(api_client, namespace, consumer_body("full"))
+    wait_until(lambda: status_of(api_client, namespace, "full").get("phase") == "Running", 60, "phase Running")
+    report(api_client, namespace, "full", diskUsagePercent=96.5)
+    wait_until(
+        lambda: condition(api_client, namespace, "full", "DiskPressure").get("status") == "True", 20, "DiskPressure"
+    )
+    assert condition(api_client, namespace, "full", "DiskPressure")["reason"] == "DiskCritical"
+    report(api_client, namespace, "full", diskUsagePercent=40.0)
+    wait_until(
+        lambda: condition(api_client, namespace, "full", "DiskPressure").get("status") == "False",
+        20,
+        "DiskPressure to clear",
+    )
+
+
+INVALID = [
+    ("no rabbitmq", {"rabbitmq": None}, "spec.rabbitmq"),
+    (
+        "inline password",
+        {"rabbitmq": {"host": "h", "password": "x", "credentialsSecretRef": {"name": "s"}}},
+        "spec.rabbitmq.password",
+    ),
+    (
+        "port out of range",
+        {"rabbitmq": {"host": "h", "port": 70000, "credentialsSecretRef": {"name": "s"}}},
+        "spec.rabbitmq.port",
+    ),
+    ("bad delete policy", {"offsetVolume": {"deletePolicy": "Shred"}}, "spec.offsetVolume.deletePolicy"),
+    ("bad stallAfter", {"stallAfter": "soon"}, "spec.stallAfter"),
+    ("bad startFrom", {"startFrom": "yesterday"}, "spec.startFrom"),
+    ("percent over 100", {"disk": {"warnPercent": 180}}, "spec.disk.warnPercent"),
+    ("unknown field", {"replicas": 2}, "spec.replicas"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "field"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_spec_is_rejected_naming_the_field(api_client, namespace, case, change, field):
+    body = consumer_body("invalid")
+    for key, value in change.items():
+        if value is None:
+            body["spec"].pop(key)
+        else:
+            body["spec"][key] = value
+    with pytest.raises(ApiException) as rejected:
+        create(api_client, namespace, body)
+    assert rejected.value.status in (400, 422)
+    message = json.loads(rejected.value.body)["message"]
+    assert field in message, message
