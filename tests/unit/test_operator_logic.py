@@ -237,7 +237,7 @@ def test_job_never_carries_secret_values_and_mounts_the_key_read_only():
 
 
 def test_spec_model_enforces_exactly_one_base_model_like_the_crd():
-    with pytest.raises(ValueError, match="exactly one of spec.model and spec.fromRun"):
+    with pytest.raises(ValueError, match=r"exactly one of spec\.model and spec\.fromRun"):
         spec(fromRun="previous")
     with pytest.raises(ValueError, match="exactly one"):
         spec(model=None)
