@@ -439,6 +439,34 @@ def bootstrap(bin_dir: Path, gpus: int, pvs: int) -> None:
     )  # fmt: skip
 
 
+def recycle_released_volumes(bin_dir: Path) -> int:
+    """Make Released pool volumes Available again, emptied (what a recycler would do).
+
+    The pool's PVs keep their data when a claim goes away (Retain); a reused
+    plane would otherwise run out of volumes after a few test sessions.
+    """
+    kubectl = [str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig_path()}"]
+    listing = subprocess.run(
+        [*kubectl, "get", "pv", "-l", "azaion.local/pool=default", "-o", "json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    recycled = 0
+    for pv in json.loads(listing.stdout)["items"]:
+        if pv.get("status", {}).get("phase") != "Released":
+            continue
+        path = Path(pv["spec"]["hostPath"]["path"])
+        if STATE_DIR in path.parents:
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [*kubectl, "patch", "pv", pv["metadata"]["name"], "--type=json",
+             "-p", '[{"op":"remove","path":"/spec/claimRef"}]'],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        recycled += 1
+    return recycled
+
+
 # --- commands -------------------------------------------------------------------------
 
 
@@ -452,7 +480,8 @@ def cmd_up(args: argparse.Namespace) -> None:
     started = time.monotonic()
     bin_dir = build_tools()
     if healthy() and read_state().get("gpus") == args.gpus:
-        log(f"reusing the running control plane ({time.monotonic() - started:.1f}s)")
+        recycled = recycle_released_volumes(bin_dir)
+        log(f"reusing the running control plane ({recycled} volumes recycled, {time.monotonic() - started:.1f}s)")
     else:
         stopped = stop_all()
         if stopped:

@@ -393,3 +393,12 @@ def test_sample_applies_cleanly(cluster, namespace):
         str(REPO / "samples" / "trainingrun.yaml"),
     )
     assert "created (server dry run)" in result.stdout
+
+
+def test_ttl_after_finished_removes_jobs_but_keeps_the_run(api_client, namespace):
+    create_run(api_client, namespace, run_body("short-lived", resources={"gpus": 0}, ttlSecondsAfterFinished=1))
+    status = wait_phase(api_client, namespace, "short-lived", "Succeeded")
+    wait_until(lambda: not jobs_of(api_client, namespace, "short-lived"), 30, "the finished run's Jobs to be deleted")
+    kept = get_run(api_client, namespace, "short-lived")
+    assert kept["status"]["phase"] == "Succeeded"
+    assert kept["status"]["completionTime"] == status["completionTime"]

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -20,7 +20,7 @@ import kopf
 from azaion_operator import kube, metrics
 from azaion_operator.builders.trainingjob import build_job, build_trainer_identity
 from azaion_operator.config import OperatorConfig
-from azaion_operator.lifecycle import TERMINAL, Admission, Decision, decide, needs_admission
+from azaion_operator.lifecycle import TERMINAL, Admission, Decision, decide, needs_admission, parse_time
 from azaion_operator.models.trainingrun import PLURAL, Phase, TrainingRunSpec
 from azaion_operator.names import LABEL_TRAININGRUN, job_name
 from azaion_operator.outcomes import is_disrupted
@@ -34,6 +34,7 @@ _run_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading
 _admission_lock = threading.Lock()
 _last_reconciled: dict[tuple[str, str], float] = {}
 SAFETY_NET_SECONDS = 60.0
+TTL_CHECK_SECONDS = 10.0
 
 
 def _now() -> datetime:
@@ -160,7 +161,9 @@ def _due(run: dict[str, Any], now: float) -> bool:
     status, spec = run.get("status") or {}, run.get("spec") or {}
     key = (run["metadata"]["namespace"], run["metadata"]["name"])
     if status.get("phase") in TERMINAL:
-        return spec.get("ttlSecondsAfterFinished") is not None and now - _last_reconciled.get(key, 0) > 30
+        ttl, finished = spec.get("ttlSecondsAfterFinished"), parse_time(status.get("completionTime"))
+        expired = ttl is not None and finished is not None and _now() >= finished + timedelta(seconds=ttl)
+        return expired and now - _last_reconciled.get(key, 0) > TTL_CHECK_SECONDS
     waiting = status.get("phase") in (None, Phase.QUEUED) or status.get("nextAttemptAt")
     return bool(waiting) or now - _last_reconciled.get(key, 0) > SAFETY_NET_SECONDS
 
