@@ -54,13 +54,6 @@ def export(settings: TrainingSettings, best: Path, best_sha256: str, progress: P
     run_dir = settings.run_dir
     done_file = run_dir / DONE_FILE
     target = run_dir / "artifacts" / ONNX_NAME
-    previous = _previous(done_file, best_sha256)
-    if previous is not None:
-        log.info("export already done (%s); skipping", previous.onnx)
-        return previous
-
-    from ultralytics import YOLO
-
     options: dict[str, Any] = {
         "format": "onnx",
         "imgsz": settings.onnx_imgsz,
@@ -73,6 +66,14 @@ def export(settings: TrainingSettings, best: Path, best_sha256: str, progress: P
         options["quantize"] = 16  # ultralytics' name for an FP16 export
     if settings.onnx_opset is not None:
         options["opset"] = settings.onnx_opset
+    wanted = {**options, "tensorrt": settings.export_tensorrt}
+    previous = _previous(done_file, best_sha256, wanted)
+    if previous is not None:
+        log.info("export already done (%s); skipping", previous.onnx)
+        return previous
+
+    from ultralytics import YOLO
+
     with keepalive(progress, EXPORT_KEEPALIVE_SECONDS):
         produced = Path(YOLO(str(best)).export(**options))
     shapes = verify_onnx(produced, settings.onnx_batch, settings.onnx_imgsz)
@@ -83,6 +84,7 @@ def export(settings: TrainingSettings, best: Path, best_sha256: str, progress: P
         result = _tensorrt(settings, best, result, progress)
     record = {
         "source": best.name,
+        "options": wanted,
         "sourceSha256": best_sha256,
         "onnx": str(result.onnx.relative_to(run_dir)),
         "onnxSha256": result.sha256,
@@ -125,14 +127,14 @@ def _tensorrt(settings: TrainingSettings, best: Path, result: ExportResult, prog
     return ExportResult(result.onnx, result.sha256, target, sha256_file(target))
 
 
-def _previous(done_file: Path, best_sha256: str) -> ExportResult | None:
+def _previous(done_file: Path, best_sha256: str, options: dict[str, Any]) -> ExportResult | None:
     try:
         record = json.loads(done_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     run_dir = done_file.parent
     onnx = run_dir / record["onnx"]
-    if record.get("sourceSha256") != best_sha256 or not onnx.exists():
+    if record.get("sourceSha256") != best_sha256 or record.get("options") != options or not onnx.exists():
         return None
     if sha256_file(onnx) != record.get("onnxSha256"):
         return None
