@@ -67,7 +67,7 @@ HEARTBEAT_SECONDS = 20
 class Backoff:
     """Exponential delays with jitter, so a fleet of restarts does not stampede."""
 
-    def __init__(self, initial: float = 0.5, maximum: float = 30.0) -> None:
+    def __init__(self, initial: float = 0.5, maximum: float = 10.0) -> None:
         self.initial, self.maximum = initial, maximum
         self.attempt = 0
 
