@@ -291,17 +291,14 @@ class Pipeline:
             log.info("promoted %s to %s", self.rel(result.best), self.rel(current))
         publisher = getattr(self, "publisher", None)
         if publisher is not None:
-            publisher.put_json(
-                publisher.key("current.json"),
-                {
-                    "manifest": publisher.uri(self.manifest_key),
-                    "run": {
-                        "namespace": self.settings.resource_namespace,
-                        "name": self.settings.resource_name,
-                    },
-                    "promotedAt": now_rfc3339(),
-                },
-            )
+            pointer = {
+                "manifest": publisher.uri(self.manifest_key),
+                "run": {"namespace": self.settings.resource_namespace, "name": self.settings.resource_name},
+            }
+            key = publisher.key("current.json")
+            existing = publisher.get_json(key) or {}
+            if {k: v for k, v in existing.items() if k != "promotedAt"} != pointer:
+                publisher.put_json(key, {**pointer, "promotedAt": now_rfc3339()})
         self.report_artifacts(promoted=True)
 
 
