@@ -173,7 +173,7 @@ def crash_after(monkeypatch: pytest.MonkeyPatch, operations: int) -> None:
 
     monkeypatch.setattr(apply_module, "atomic_write_bytes", counting(apply_module.atomic_write_bytes))
     monkeypatch.setattr(apply_module, "durable_move", counting(apply_module.durable_move))
-    monkeypatch.setattr(apply_module.Applier, "_remove", staticmethod(counting(apply_module.Applier._remove)))
+    monkeypatch.setattr(apply_module.Applier, "_remove", counting(apply_module.Applier._remove))
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -25,12 +25,16 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, mode: int = 0o644, *, sync_directory: bool = True) -> Iterator[BinaryIO]:
     """Yield a file that replaces ``path`` atomically when the block succeeds.
 
     The temporary file lives in the destination directory (so the rename is
     atomic), is fsynced before the rename, and the directory after it. On an
     exception the temporary file is removed and ``path`` is untouched.
+
+    ``sync_directory=False`` leaves the directory fsync to the caller, who
+    batches it (one fsync per directory for many renames) and must do it
+    before anything relies on the rename having survived a power loss.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
@@ -46,11 +50,12 @@ def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    if sync_directory:
+        fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    with atomic_writer(path, mode) as handle:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, *, sync_directory: bool = True) -> None:
+    with atomic_writer(path, mode, sync_directory=sync_directory) as handle:
         handle.write(data)
 
 
@@ -60,19 +65,21 @@ def atomic_copy(source: Path, destination: Path) -> None:
         shutil.copyfileobj(src, dst, length=1024 * 1024)
 
 
-def durable_move(source: Path, destination: Path) -> bool:
+def durable_move(source: Path, destination: Path, *, sync_directories: bool = True) -> bool:
     """Move a file within one filesystem durably; False when ``source`` is missing.
 
     A move whose destination already holds the file and whose source is gone is
-    a no-op (idempotent replay). Both directories are fsynced.
+    a no-op (idempotent replay). Both directories are fsynced, unless
+    ``sync_directories=False`` hands that to a caller that batches it.
     """
     if not source.exists():
         return False
     destination.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, destination)
-    fsync_dir(destination.parent)
-    if destination.parent != source.parent:
-        fsync_dir(source.parent)
+    if sync_directories:
+        fsync_dir(destination.parent)
+        if destination.parent != source.parent:
+            fsync_dir(source.parent)
     return True
 
 

@@ -15,7 +15,9 @@ UUIDs the platform never reuses, so only duplicates and edits racing a
 deletion arrive there).
 
 Writes go through :mod:`azaion_workloads.fsutil`: temporary file, fsync,
-rename, fsync of the directory, so a reader never sees half a file.
+rename, so a reader never sees half a file; the directory fsyncs that make
+the renames durable are batched (:mod:`durability`) and done before the
+offset covering them is stored.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from azaion_workloads.fsutil import atomic_write_bytes, durable_move, fsync_dir
+from azaion_workloads.fsutil import atomic_write_bytes, durable_move
 from azaion_workloads.layout import DataLayout, safe_name
+from azaion_workloads.queue.durability import PendingDirectories
 from azaion_workloads.queue.wire import (
     IMAGE_EXTENSIONS,
     AnnotationMessage,
@@ -54,34 +57,43 @@ class Effects:
 class Applier:
     """Applies decoded messages to the annotation directories of one data root."""
 
-    def __init__(self, layout: DataLayout) -> None:
+    def __init__(self, layout: DataLayout, pending: PendingDirectories | None = None) -> None:
         self.layout = layout
+        self.pending = PendingDirectories() if pending is None else pending
 
     # -- paths -------------------------------------------------------------
 
     def _images(self, base: Path, name: str) -> list[Path]:
         """The image files of ``name`` under ``base`` (any accepted extension)."""
-        stem = safe_name(name)
-        return [path for extension in IMAGE_EXTENSIONS if (path := base / "images" / (stem + extension)).exists()]
+        # Plain string paths: this runs for every message and pathlib costs more than the stats.
+        stem = os.path.join(base, "images", safe_name(name))
+        return [Path(path) for extension in IMAGE_EXTENSIONS if os.path.exists(path := stem + extension)]
 
     @staticmethod
     def _label(base: Path, name: str) -> Path:
         return base / "labels" / (safe_name(name) + LABEL_EXTENSION)
 
+    def _has_label(self, base: Path, name: str) -> bool:
+        return os.path.exists(os.path.join(base, "labels", safe_name(name) + LABEL_EXTENSION))
+
     # -- primitives --------------------------------------------------------
 
-    @staticmethod
-    def _remove(path: Path, effects: Effects) -> None:
+    def _write(self, path: Path, data: bytes, effects: Effects) -> None:
+        atomic_write_bytes(path, data, sync_directory=False)
+        self.pending.add(path.parent)
+        effects.written += 1
+
+    def _remove(self, path: Path, effects: Effects) -> None:
         try:
             os.unlink(path)
         except FileNotFoundError:
             return
-        fsync_dir(path.parent)
+        self.pending.add(path.parent)
         effects.removed += 1
 
-    @staticmethod
-    def _move(source: Path, destination: Path, effects: Effects) -> bool:
-        if durable_move(source, destination):
+    def _move(self, source: Path, destination: Path, effects: Effects) -> bool:
+        if durable_move(source, destination, sync_directories=False):
+            self.pending.add(source.parent, destination.parent)
             effects.moved += 1
             return True
         return False
@@ -125,11 +137,12 @@ class Applier:
 
     def _is_deleted(self, name: str) -> bool:
         """In data_deleted/ and in no live directory: deleted for good."""
-        for base in (self.layout.data, self.layout.seed):
-            if self._images(base, name) or self._label(base, name).exists():
-                return False
         deleted = self.layout.deleted
-        return bool(self._images(deleted, name)) or self._label(deleted, name).exists()
+        if not (self._has_label(deleted, name) or self._images(deleted, name)):
+            return False  # the common case, answered first
+        return not any(
+            self._has_label(base, name) or self._images(base, name) for base in (self.layout.data, self.layout.seed)
+        )
 
     def _annotation(self, message: AnnotationMessage, effects: Effects) -> None:
         """Created/Edited: the annotation ends up whole in the directory its role picks.
@@ -149,8 +162,7 @@ class Applier:
             target, others = self.layout.seed, (self.layout.data,)
         if message.image is not None:
             destination = target / "images" / message.image_file
-            atomic_write_bytes(destination, message.image)
-            effects.written += 1
+            self._write(destination, message.image, effects)
             for stale in self._images(target, name):
                 if stale != destination:
                     self._remove(stale, effects)
@@ -174,7 +186,6 @@ class Applier:
             for other in others:
                 for stale in self._images(other, name):
                     self._remove(stale, effects)
-        atomic_write_bytes(self._label(target, name), label_text(message.detections).encode())
-        effects.written += 1
+        self._write(self._label(target, name), label_text(message.detections).encode(), effects)
         for other in others:
             self._remove(self._label(other, name), effects)

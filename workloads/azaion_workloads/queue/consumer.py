@@ -2,9 +2,10 @@
 
 Ordering guarantees, and why:
 
-* A message's effects are durable (files fsynced, renames fsynced) before its
-  offset can be stored; the offset file is written before the server-side
-  mirror. A crash at any point therefore replays, never skips.
+* A message's effects are durable (files fsynced before their renames, the
+  directories fsynced, batched, right before the offset) before its offset is
+  stored; the offset file is written before the server-side mirror. A crash at
+  any point therefore replays, never skips.
 * rstream swallows exceptions raised in a message callback and treats the
   message as delivered, so the callback catches everything itself. A failing
   disk stops the consumer (exit code 1, restarted by Kubernetes) instead of
@@ -423,11 +424,15 @@ class StreamConsumer:
             messages_quarantined=st.messages_quarantined,
             last_message_time=st.last_message_time,
         )
-        await asyncio.to_thread(self.offsets.save, snapshot)
+        await asyncio.to_thread(self._durable_then_save, snapshot)
         self.commits.reset()
         st.committed_offset = snapshot.offset
         self.metrics.commits.inc()
         self._mirror_event.set()
+
+    def _durable_then_save(self, snapshot: OffsetState) -> None:
+        self.processor.sync()  # the renames of every message up to the offset, first
+        self.offsets.save(snapshot)
 
     async def _commit_timer(self) -> None:
         period = min(0.25, self.commits.interval / 2)

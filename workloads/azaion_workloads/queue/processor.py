@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from azaion_workloads.classes import ClassCatalog
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.queue.apply import Applier, Effects
+from azaion_workloads.queue.durability import PendingDirectories
 from azaion_workloads.queue.quarantine import Quarantine
 from azaion_workloads.queue.wire import (
     AnnotationMessage,
@@ -43,8 +44,9 @@ class Outcome:
 class MessageProcessor:
     def __init__(self, layout: DataLayout, stream: str) -> None:
         self.layout = layout
-        self.applier = Applier(layout)
-        self.quarantine = Quarantine(layout.quarantine, stream)
+        self.pending = PendingDirectories()
+        self.applier = Applier(layout, self.pending)
+        self.quarantine = Quarantine(layout.quarantine, stream, self.pending)
         self._catalog_stamp: tuple[int, int] | None = None
         self._valid_ids = ClassCatalog.default().valid_ids()
         self._reload_classes()
@@ -64,6 +66,10 @@ class MessageProcessor:
         except Exception as error:  # a bad file keeps the last good catalogue
             log.error("cannot read %s, keeping the previous classes: %s", path, error)
         self._catalog_stamp = stamp
+
+    def sync(self) -> int:
+        """Make every rename so far durable (before an offset covering it is stored)."""
+        return self.pending.sync()
 
     def process(self, raw: bytes, offset: int, stored_at_ms: int | None) -> Outcome:
         started = time.perf_counter()

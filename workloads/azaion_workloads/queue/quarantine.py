@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from azaion_workloads.fsutil import atomic_write_bytes
+from azaion_workloads.queue.durability import PendingDirectories
 from azaion_workloads.queue.wire import MalformedMessage
 
 
@@ -23,9 +24,10 @@ def record_name(offset: int) -> str:
 
 
 class Quarantine:
-    def __init__(self, directory: Path, stream: str) -> None:
+    def __init__(self, directory: Path, stream: str, pending: PendingDirectories | None = None) -> None:
         self.directory = directory
         self.stream = stream
+        self.pending = PendingDirectories() if pending is None else pending
 
     def put(
         self,
@@ -37,7 +39,7 @@ class Quarantine:
     ) -> Path:
         """Keep the message and why it was refused; return the record's path."""
         stem = record_name(offset)
-        atomic_write_bytes(self.directory / f"{stem}.msg", raw)
+        atomic_write_bytes(self.directory / f"{stem}.msg", raw, sync_directory=False)
         record = {
             "offset": offset,
             "stream": self.stream,
@@ -49,7 +51,8 @@ class Quarantine:
         }
         # The record is written last: a .json file means the .msg beside it is whole.
         path = self.directory / f"{stem}.json"
-        atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), sync_directory=False)
+        self.pending.add(self.directory)
         return path
 
 

@@ -1,0 +1,192 @@
+"""Throughput of the annotation consumer, next to two baselines in the same process.
+
+    .venv/bin/python -m bench.consumer                  # private broker, 10,000 x 50 KB
+    .venv/bin/python -m bench.consumer --messages 2000 --rabbitmq 127.0.0.1:5552
+
+Three consumers read the same stream from its first message:
+
+* ceiling:  an rstream subscription whose callback does nothing (the most any
+            consumer can get from this broker and client);
+* original: every message decoded, applied and made durable on its own, then
+            the offset file rewritten in place and fsynced (how the original
+            stored offsets: after each message);
+* consumer: the real consumer (``StreamConsumer``): the same decoding and
+            writes, directory fsyncs and offset writes batched (every 500
+            messages or 1 s).
+
+Each applies to a fresh data root on the same disk (``--data-dir``, default a
+temporary directory). Figures are messages per second and ratios between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rstream import Consumer, ConsumerOffsetSpecification, OffsetType
+
+from azaion_workloads.layout import DataLayout
+from azaion_workloads.queue.config import load_config
+from azaion_workloads.queue.consumer import StreamConsumer
+from azaion_workloads.queue.processor import MessageProcessor
+from tests.fixtures.rabbitmq import (
+    Box,
+    LocalRabbitMQ,
+    StreamEndpoint,
+    WireMessage,
+    create_stream,
+    delete_stream,
+    detections_json,
+    encode_annotation,
+    noisy_jpeg,
+    publish,
+)
+
+
+def messages(count: int, image_bytes: int) -> list[WireMessage]:
+    """Created annotations with distinct names; a pool of 64 images keeps setup short."""
+    pool = [noisy_jpeg(seed, image_bytes) for seed in range(64)]
+    boxes = detections_json([Box(1, 0.5, 0.5, 0.2, 0.2), Box(22, 0.3, 0.7, 0.1, 0.05)])
+    return [
+        WireMessage(
+            encode_annotation(str(uuid.UUID(int=index)), pool[index % len(pool)], boxes, role="Validator"),
+            "Created",
+        )
+        for index in range(count)
+    ]
+
+
+def _stream_consumer(endpoint: StreamEndpoint) -> Consumer:
+    return Consumer(endpoint.host, endpoint.port, username=endpoint.user, password=endpoint.password)
+
+
+async def _consume(endpoint: StreamEndpoint, stream: str, last: int, handle: Callable[[bytes, int], Any]) -> float:
+    """Seconds until ``handle`` has seen offset ``last`` (an rstream subscription from first)."""
+    done = asyncio.Event()
+
+    async def on_message(raw: bytes, context: Any) -> None:
+        await handle(raw, context.offset)
+        if context.offset >= last:
+            done.set()
+
+    started = time.perf_counter()
+    async with _stream_consumer(endpoint) as consumer:
+        await consumer.subscribe(
+            stream, on_message, offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST, None)
+        )
+        await done.wait()
+        return time.perf_counter() - started
+
+
+async def ceiling(endpoint: StreamEndpoint, stream: str, last: int, _root: Path) -> float:
+    async def nothing(_raw: bytes, _offset: int) -> None:
+        return None
+
+    return await _consume(endpoint, stream, last, nothing)
+
+
+async def original(endpoint: StreamEndpoint, stream: str, last: int, root: Path) -> float:
+    processor = MessageProcessor(DataLayout(root), stream)
+    offset_file = root / "offset.yaml"
+
+    def apply_then_store(raw: bytes, offset: int) -> None:
+        processor.process(raw, offset, None)
+        processor.sync()  # every message durable on its own, before its offset
+        with open(offset_file, "w", encoding="utf-8") as handle:  # in place, as the original did
+            handle.write(f"offset: {offset}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    async def handle(raw: bytes, offset: int) -> None:
+        await asyncio.to_thread(apply_then_store, raw, offset)
+
+    return await _consume(endpoint, stream, last, handle)
+
+
+async def consumer(endpoint: StreamEndpoint, stream: str, last: int, root: Path) -> float:
+    config = load_config(
+        {
+            "RABBITMQ_HOST": endpoint.host,
+            "RABBITMQ_PORT": str(endpoint.port),
+            "RABBITMQ_USER": endpoint.user,
+            "RABBITMQ_PASSWORD": endpoint.password,
+            "RABBITMQ_STREAM": stream,
+            "QUEUE_CONSUMER_NAME": f"bench-{uuid.uuid4().hex[:6]}",
+            "QUEUE_OFFSET_FILE": str(root / "state" / "offset.yaml"),
+            "AZAION_ROOT_DIR": str(root),
+        }
+    )
+    queue = StreamConsumer(config)
+    finished: list[float] = []
+
+    async def stop_at_last() -> None:
+        while queue.state.processed_offset is None or queue.state.processed_offset < last:
+            await asyncio.sleep(0.01)
+        finished.append(time.perf_counter())
+        queue.request_stop("benchmark done")
+
+    started = time.perf_counter()
+    watcher = asyncio.create_task(stop_at_last())
+    code = await queue.run()
+    await watcher
+    assert code == 0, code
+    return finished[0] - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--image-kb", type=int, default=50)
+    parser.add_argument(
+        "--rabbitmq", metavar="HOST:PORT", help="use this broker (guest/guest) instead of a private one"
+    )
+    parser.add_argument("--data-dir", type=Path, default=None, help="where the data roots go (default: a temp dir)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="azaion-bench-", dir=args.data_dir))
+    broker: LocalRabbitMQ | None = None
+    try:
+        if args.rabbitmq:
+            host, _, port = args.rabbitmq.rpartition(":")
+            endpoint = StreamEndpoint(host, int(port))
+        else:
+            broker = LocalRabbitMQ(work / "broker")
+            broker.start()
+            endpoint = broker.endpoint
+        stream = f"azaion-bench-{uuid.uuid4().hex[:8]}"
+        batch = messages(args.messages, args.image_kb * 1024)
+        size = sum(len(m.body) for m in batch) / len(batch)
+        asyncio.run(create_stream(endpoint, stream))
+        started = time.perf_counter()
+        asyncio.run(publish(endpoint, stream, batch))
+        print(f"published {len(batch)} messages of {size / 1024:.0f} KiB in {time.perf_counter() - started:.1f} s")
+        last = len(batch) - 1  # nothing else writes to this stream before the runs
+
+        results: dict[str, float] = {}
+        for name, run in (("ceiling", ceiling), ("original", original), ("consumer", consumer)):
+            root = work / name
+            root.mkdir()
+            seconds = asyncio.run(run(endpoint, stream, last, root))
+            results[name] = len(batch) / seconds
+            print(f"{name:>9}: {results[name]:8.0f} messages/s  ({seconds:.1f} s)")
+            shutil.rmtree(root, ignore_errors=True)
+
+        print(f"consumer / ceiling:  {results['consumer'] / results['ceiling']:.3f}")
+        print(f"consumer / original: {results['consumer'] / results['original']:.2f}x")
+        asyncio.run(delete_stream(endpoint, stream))
+    finally:
+        if broker is not None:
+            broker.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
