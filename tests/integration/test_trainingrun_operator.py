@@ -402,3 +402,20 @@ def test_ttl_after_finished_removes_jobs_but_keeps_the_run(api_client, namespace
     kept = get_run(api_client, namespace, "short-lived")
     assert kept["status"]["phase"] == "Succeeded"
     assert kept["status"]["completionTime"] == status["completionTime"]
+
+
+def test_operator_exports_prometheus_metrics(api_client, namespace, operator):
+    if operator is None:
+        pytest.skip("the operator is external")
+    create_run(api_client, namespace, run_body("counted", resources={"gpus": 0}))
+    wait_phase(api_client, namespace, "counted", "Succeeded")
+
+    def exported() -> bool:
+        text = operator.metrics()
+        return 'azaion_trainingruns{phase="Succeeded"}' in text and "azaion_trainingrun_attempts_total" in text
+
+    wait_until(exported, 20, "the run metrics")
+    text = operator.metrics()
+    succeeded = next(line for line in text.splitlines() if line.startswith('azaion_trainingruns{phase="Succeeded"}'))
+    assert float(succeeded.split()[-1]) >= 1
+    assert "azaion_reconcile_duration_seconds_count" in text

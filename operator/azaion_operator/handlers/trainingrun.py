@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -171,7 +171,11 @@ def _due(run: dict[str, Any], now: float) -> bool:
 def resync_once() -> None:
     """Level-triggered safety net: queue admission, retry backoff, TTL, missed events."""
     now = time.monotonic()
-    for run in kube.list_resources(PLURAL):
+    runs = kube.list_resources(PLURAL)
+    phases = Counter((r.get("status") or {}).get("phase") or Phase.PENDING.value for r in runs)
+    for phase in Phase:
+        metrics.RUNS_BY_PHASE.labels(phase.value).set(phases.get(phase.value, 0))
+    for run in runs:
         if run["metadata"].get("deletionTimestamp") or not _due(run, now):
             continue
         try:
