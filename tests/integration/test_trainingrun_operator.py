@@ -419,3 +419,45 @@ def test_operator_exports_prometheus_metrics(api_client, namespace, operator):
     succeeded = next(line for line in text.splitlines() if line.startswith('azaion_trainingruns{phase="Succeeded"}'))
     assert float(succeeded.split()[-1]) >= 1
     assert "azaion_reconcile_duration_seconds_count" in text
+
+
+def test_trainer_identity_reports_progress_to_its_own_run_only(api_client, namespace):
+    from azaion_workloads.status import KubernetesStatusReporter
+
+    core = client.CoreV1Api(api_client)
+    create_run(api_client, namespace, run_body("reporter", resources={"gpus": 0}, suspend=True))
+    create_run(api_client, namespace, run_body("neighbour", resources={"gpus": 0}, suspend=True))
+    wait_phase(api_client, namespace, "reporter", "Suspended")
+    # The identity exists once the first attempt starts; unsuspend to get it made.
+    patch_spec(api_client, namespace, "reporter", {"suspend": False})
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    wait_until(lambda: rbac.read_namespaced_role_binding("reporter-trainer", namespace), 20, "the trainer identity")
+    token = core.create_namespaced_service_account_token(
+        "reporter-trainer", namespace, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
+    ).status.token
+    as_trainer = client.Configuration()
+    as_trainer.host = api_client.configuration.host
+    as_trainer.ssl_ca_cert = api_client.configuration.ssl_ca_cert
+    as_trainer.api_key = {"authorization": f"Bearer {token}"}
+    with client.ApiClient(as_trainer) as trainer_api:
+        trainer = client.CustomObjectsApi(trainer_api)
+        reporter = KubernetesStatusReporter(PLURAL, namespace, "reporter", api=trainer)
+        reporter.report({"progress": {"step": "training", "epoch": 2, "epochs": 3, "metrics": {"map50_95": 0.41}}})
+        progress = status_of(api_client, namespace, "reporter")["progress"]
+        assert (progress["epoch"], progress["metrics"]["map50_95"]) == (2, 0.41)
+        assert status_of(api_client, namespace, "reporter")["phase"] in ("Pending", "Running", "Succeeded")
+
+        with pytest.raises(ApiException) as forbidden:
+            trainer.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, "neighbour", {"status": {"progress": {"epoch": 99}}}
+            )
+        assert forbidden.value.status == 403
+        with pytest.raises(ApiException) as spec_forbidden:
+            trainer.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, "reporter", {"spec": {"priority": 5}}
+            )
+        assert spec_forbidden.value.status == 403
+        with pytest.raises(ApiException) as secrets_forbidden:
+            client.CoreV1Api(trainer_api).list_namespaced_secret(namespace)
+        assert secrets_forbidden.value.status == 403
+    assert "progress" not in status_of(api_client, namespace, "neighbour")
