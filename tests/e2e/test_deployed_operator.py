@@ -62,8 +62,12 @@ def test_a_training_run_becomes_a_job_and_its_deletion_removes_it(cluster, api_c
     if gpus:
         assert trainer.resources.limits["nvidia.com/gpu"] == "1"
         assert pod_spec.runtime_class_name == "nvidia"
-    events = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
-    assert any(e.involved_object.name == "e2e" for e in events), "an Event on the run's transition"
+    core = client.CoreV1Api(api_client)
+    wait_until(
+        lambda: any(e.involved_object.name == "e2e" for e in core.list_namespaced_event(namespace).items),
+        30,
+        "an Event on the run's transition",
+    )
 
     custom(api_client).delete_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "e2e")
     wait_until(lambda: not jobs_of(api_client, namespace, "e2e"), 60, "the Job to go with its run")
