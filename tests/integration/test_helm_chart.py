@@ -272,6 +272,13 @@ def release_objects(api_client, namespace: str, release: str) -> list[str]:
         "ClusterRole": rbac.list_cluster_role(label_selector=selector).items,
         "ClusterRoleBinding": rbac.list_cluster_role_binding(label_selector=selector).items,
         "Secret": core.list_namespaced_secret(namespace, label_selector=selector).items,
+        "ConfigMap": core.list_namespaced_config_map(namespace, label_selector=selector).items,
+        "NetworkPolicy": client.NetworkingV1Api(api_client)
+        .list_namespaced_network_policy(namespace, label_selector=selector)
+        .items,
+        "PodDisruptionBudget": client.PolicyV1Api(api_client)
+        .list_namespaced_pod_disruption_budget(namespace, label_selector=selector)
+        .items,
         "PersistentVolumeClaim": core.list_namespaced_persistent_volume_claim(namespace, label_selector=selector).items,
     }
     # Release records are Secrets labelled owner=helm,name=<release>.
@@ -544,6 +551,8 @@ def test_upgrade_rollback_uninstall_keep_runs_and_a_running_job_untouched(
         "image.tag": "v1",
         "data.create": True,
         "data.claimName": "chart-data",
+        "networkPolicy.enabled": True,
+        "podDisruptionBudget.enabled": True,
     }
     pv = dedicated_volume(api_client, namespace, "chart-data", tmp_path)
     operator = ChartOperator(cluster, api_client, namespace, release, tmp_path)
