@@ -712,6 +712,8 @@ def test_consumer_image_follows_helm_upgrade_and_rollback(
 
 def test_crds_are_installed_and_kept(cluster, crds, namespace, api_client):
     """crds.install: the release takes over the CRDs; uninstall leaves them, with every run."""
+    if not cluster.simulated:
+        pytest.skip("would take the CRDs away from the release that owns them on this cluster")
     test_chart_crds_are_the_generated_ones()  # never replace the live CRDs with stale ones
     release = release_name()
     custom(api_client).create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", training_run("kept"))
