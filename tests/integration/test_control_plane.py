@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.fixtures.kube import Cluster
+from tests.fixtures.kube import Cluster, client_as_service_account
 from tests.fixtures.processes import wait_until
 
 pytestmark = pytest.mark.integration
@@ -198,15 +198,7 @@ def test_rbac_is_enforced_for_a_service_account_token(api_client, cluster, names
     core.create_namespaced_service_account(
         namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="reader"))
     )
-    token = core.create_namespaced_service_account_token(
-        "reader", namespace, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
-    ).status.token
-
-    as_reader = client.Configuration()
-    as_reader.host = api_client.configuration.host
-    as_reader.ssl_ca_cert = api_client.configuration.ssl_ca_cert
-    as_reader.api_key = {"authorization": f"Bearer {token}"}
-    with client.ApiClient(as_reader) as reader_api:
+    with client_as_service_account(api_client, namespace, "reader") as reader_api:
         reader = client.CoreV1Api(reader_api)
         with pytest.raises(ApiException) as forbidden:
             reader.list_namespaced_pod(namespace)

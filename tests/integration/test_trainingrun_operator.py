@@ -15,6 +15,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests.fixtures.kube import client_as_service_account
 from tests.fixtures.operator import start_operator
 from tests.fixtures.processes import wait_until
 
@@ -424,7 +425,6 @@ def test_operator_exports_prometheus_metrics(api_client, namespace, operator):
 def test_trainer_identity_reports_progress_to_its_own_run_only(api_client, namespace):
     from azaion_workloads.status import KubernetesStatusReporter
 
-    core = client.CoreV1Api(api_client)
     create_run(api_client, namespace, run_body("reporter", resources={"gpus": 0}, suspend=True))
     create_run(api_client, namespace, run_body("neighbour", resources={"gpus": 0}, suspend=True))
     wait_phase(api_client, namespace, "reporter", "Suspended")
@@ -432,14 +432,7 @@ def test_trainer_identity_reports_progress_to_its_own_run_only(api_client, names
     patch_spec(api_client, namespace, "reporter", {"suspend": False})
     rbac = client.RbacAuthorizationV1Api(api_client)
     wait_until(lambda: rbac.read_namespaced_role_binding("reporter-trainer", namespace), 20, "the trainer identity")
-    token = core.create_namespaced_service_account_token(
-        "reporter-trainer", namespace, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
-    ).status.token
-    as_trainer = client.Configuration()
-    as_trainer.host = api_client.configuration.host
-    as_trainer.ssl_ca_cert = api_client.configuration.ssl_ca_cert
-    as_trainer.api_key = {"authorization": f"Bearer {token}"}
-    with client.ApiClient(as_trainer) as trainer_api:
+    with client_as_service_account(api_client, namespace, "reporter-trainer") as trainer_api:
         trainer = client.CustomObjectsApi(trainer_api)
         reporter = KubernetesStatusReporter(PLURAL, namespace, "reporter", api=trainer)
         reporter.report({"progress": {"step": "training", "epoch": 2, "epochs": 3, "metrics": {"map50_95": 0.41}}})

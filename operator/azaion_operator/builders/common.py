@@ -6,6 +6,8 @@ from typing import Any
 
 from azaion_workloads.contract import API_GROUP, API_VERSION
 
+RBAC_API = "rbac.authorization.k8s.io"
+
 
 def owner_reference(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
     """Makes the child go away with its resource (garbage collection)."""
@@ -54,4 +56,39 @@ def downward_env() -> list[dict[str, Any]]:
     return [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+
+
+def status_reporter_identity(
+    kind: str, plural: str, meta: dict[str, Any], account: str, labels: dict[str, str]
+) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding that may only read and patch one resource's status.
+
+    Workload pods report progress with it; they can touch nothing else, not
+    even their own resource's spec or another resource's status.
+    """
+    namespace = meta["namespace"]
+    common = {"namespace": namespace, "labels": labels, "ownerReferences": [owner_reference(kind, meta)]}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, **common}},
+        {
+            "apiVersion": f"{RBAC_API}/v1",
+            "kind": "Role",
+            "metadata": {"name": account, **common},
+            "rules": [
+                {
+                    "apiGroups": [API_GROUP],
+                    "resources": [f"{plural}/status"],
+                    "resourceNames": [meta["name"]],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": f"{RBAC_API}/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": account, **common},
+            "roleRef": {"apiGroup": RBAC_API, "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
     ]

@@ -10,6 +10,7 @@ from azaion_operator.builders.common import (
     env_value,
     owner_reference,
     pod_security_context,
+    status_reporter_identity,
 )
 from azaion_operator.config import OperatorConfig
 from azaion_operator.models.annotationconsumer import KIND, PLURAL, AnnotationConsumerSpec
@@ -148,29 +149,5 @@ def build_offset_claim(meta: dict[str, Any], spec: AnnotationConsumerSpec) -> di
 
 def build_consumer_identity(meta: dict[str, Any]) -> list[dict[str, Any]]:
     """ServiceAccount, Role and RoleBinding allowing only patches of this resource's status."""
-    name, namespace = meta["name"], meta["namespace"]
-    account = service_account_name(name)
-    common = {"namespace": namespace, "labels": consumer_labels(name), "ownerReferences": [owner_reference(KIND, meta)]}
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, **common}},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": account, **common},
-            "rules": [
-                {
-                    "apiGroups": [contract.API_GROUP],
-                    "resources": [f"{PLURAL}/status"],
-                    "resourceNames": [name],
-                    "verbs": ["get", "patch"],
-                }
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": account, **common},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
-        },
-    ]
+    name = meta["name"]
+    return status_reporter_identity(KIND, PLURAL, meta, service_account_name(name), consumer_labels(name))

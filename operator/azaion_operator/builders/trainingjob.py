@@ -12,6 +12,7 @@ from azaion_operator.builders.common import (
     env_value,
     owner_reference,
     pod_security_context,
+    status_reporter_identity,
 )
 from azaion_operator.config import OperatorConfig
 from azaion_operator.models.trainingrun import KIND, PLURAL, TrainingRunSpec
@@ -233,32 +234,6 @@ def build_job(
 
 
 def build_trainer_identity(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """ServiceAccount, Role and RoleBinding letting the run's pods patch only this run's status."""
-    name, namespace = meta["name"], meta["namespace"]
-    account = trainer_service_account(name)
-    owner = [owner_reference(KIND, meta)]
-    labels = run_labels(name)
-    common = {"namespace": namespace, "labels": labels, "ownerReferences": owner}
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, **common}},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": account, **common},
-            "rules": [
-                {
-                    "apiGroups": [contract.API_GROUP],
-                    "resources": [f"{PLURAL}/status"],
-                    "resourceNames": [name],
-                    "verbs": ["get", "patch"],
-                }
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": account, **common},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
-        },
-    ]
+    """The identity the run's pods patch only this run's status with."""
+    name = meta["name"]
+    return status_reporter_identity(KIND, PLURAL, meta, trainer_service_account(name), run_labels(name))

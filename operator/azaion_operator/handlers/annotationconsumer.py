@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections import defaultdict
@@ -21,6 +20,7 @@ from azaion_operator.builders.consumer import (
 )
 from azaion_operator.config import OperatorConfig
 from azaion_operator.consumer_health import assess, changed
+from azaion_operator.handlers import resync
 from azaion_operator.models.annotationconsumer import PLURAL, AnnotationConsumerSpec
 from azaion_operator.names import LABEL_ANNOTATIONCONSUMER
 from azaion_workloads.contract import API_GROUP, API_VERSION
@@ -66,7 +66,9 @@ def refresh_health(namespace: str, name: str) -> None:
             kube.post_event(consumer, event_type, reason, message)
 
 
+@resync.register
 def resync_once() -> None:
+    """Health of every consumer: Stalled and DiskPressure depend on time."""
     phases: dict[str, int] = defaultdict(int)
     for consumer in kube.list_resources(PLURAL):
         meta = consumer["metadata"]
@@ -78,25 +80,6 @@ def resync_once() -> None:
             log.exception("health refresh of %s failed", meta["name"])
     for phase in ("Pending", "Running", "Degraded"):
         metrics.CONSUMERS_BY_PHASE.labels(phase).set(phases.get(phase, 0))
-
-
-async def _resync_forever() -> None:
-    while True:
-        await asyncio.sleep(CONFIG.reconcile_interval_seconds)
-        try:
-            await asyncio.to_thread(resync_once)
-        except Exception:
-            log.exception("consumer resync failed")
-
-
-@kopf.on.startup()
-async def start_consumer_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.consumer_resync_task = asyncio.create_task(_resync_forever())
-
-
-@kopf.on.cleanup()
-async def stop_consumer_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.consumer_resync_task.cancel()
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)

@@ -7,7 +7,6 @@ API server. Admission to the GPU queue is serialised across runs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ import kopf
 from azaion_operator import kube, metrics
 from azaion_operator.builders.trainingjob import build_job, build_trainer_identity
 from azaion_operator.config import OperatorConfig
+from azaion_operator.handlers import resync
 from azaion_operator.lifecycle import TERMINAL, Admission, Decision, decide, needs_admission, parse_time
 from azaion_operator.models.trainingrun import PLURAL, Phase, TrainingRunSpec
 from azaion_operator.names import LABEL_TRAININGRUN, job_name
@@ -168,6 +168,7 @@ def _due(run: dict[str, Any], now: float) -> bool:
     return bool(waiting) or now - _last_reconciled.get(key, 0) > SAFETY_NET_SECONDS
 
 
+@resync.register
 def resync_once() -> None:
     """Level-triggered safety net: queue admission, retry backoff, TTL, missed events."""
     now = time.monotonic()
@@ -182,27 +183,6 @@ def resync_once() -> None:
             reconcile(run["metadata"]["namespace"], run["metadata"]["name"])
         except Exception:
             log.exception("periodic reconcile of %s failed", run["metadata"]["name"])
-
-
-async def _resync_forever() -> None:
-    while True:
-        await asyncio.sleep(CONFIG.reconcile_interval_seconds)
-        try:
-            await asyncio.to_thread(resync_once)
-        except Exception:
-            log.exception("periodic resync failed")
-
-
-# One loop for all runs instead of a kopf timer per run: timers make kopf put a
-# finalizer on every object, and a stopped operator would then block deletion.
-@kopf.on.startup()
-async def start_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.resync_task = asyncio.create_task(_resync_forever())
-
-
-@kopf.on.cleanup()
-async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.resync_task.cancel()
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_TRAININGRUN: kopf.PRESENT})
