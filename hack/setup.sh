@@ -14,6 +14,7 @@ missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
 }
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -45,8 +45,24 @@ def get_resource(plural: str, namespace: str, name: str) -> dict[str, Any] | Non
         raise
 
 
+#: Namespaces the operator manages; empty means all (set once at start-up).
+WATCHED_NAMESPACES: list[str] = []
+
+
 def list_resources(plural: str) -> list[dict[str, Any]]:
+    """Every resource of ``plural`` in the cluster (the GPU queue spans namespaces)."""
     return custom().list_cluster_custom_object(API_GROUP, API_VERSION, plural)["items"]
+
+
+def list_managed(plural: str) -> list[dict[str, Any]]:
+    """The resources this operator manages: all, or those in its watched namespaces."""
+    if not WATCHED_NAMESPACES:
+        return list_resources(plural)
+    return [
+        item
+        for namespace in WATCHED_NAMESPACES
+        for item in custom().list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural)["items"]
+    ]
 
 
 def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.metrics_port:
         start_http_server(args.metrics_port)
+    from azaion_operator import kube
+
+    kube.WATCHED_NAMESPACES[:] = args.namespace
     # Importing the handlers registers them with kopf.
     from azaion_operator.handlers import annotationconsumer, trainingrun  # noqa: F401
 

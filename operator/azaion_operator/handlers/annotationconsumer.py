@@ -70,7 +70,7 @@ def refresh_health(namespace: str, name: str) -> None:
 def resync_once() -> None:
     """Health of every consumer: Stalled and DiskPressure depend on time."""
     phases: dict[str, int] = defaultdict(int)
-    for consumer in kube.list_resources(PLURAL):
+    for consumer in kube.list_managed(PLURAL):
         meta = consumer["metadata"]
         phases[(consumer.get("status") or {}).get("phase") or "Pending"] += 1
         try:

@@ -137,7 +137,7 @@ def _apply(run: dict[str, Any], spec: TrainingRunSpec, decision: Decision) -> No
 
 def wake_queue() -> None:
     """A run let go of GPUs: look at the queued runs now instead of at their next timer."""
-    queued = [r for r in kube.list_resources(PLURAL) if (r.get("status") or {}).get("phase") == Phase.QUEUED]
+    queued = [r for r in kube.list_managed(PLURAL) if (r.get("status") or {}).get("phase") == Phase.QUEUED]
     queued.sort(key=lambda r: (r.get("status") or {}).get("queuePosition") or 0)
     for other in queued:
         try:
@@ -172,7 +172,7 @@ def _due(run: dict[str, Any], now: float) -> bool:
 def resync_once() -> None:
     """Level-triggered safety net: queue admission, retry backoff, TTL, missed events."""
     now = time.monotonic()
-    runs = kube.list_resources(PLURAL)
+    runs = kube.list_managed(PLURAL)
     phases = Counter((r.get("status") or {}).get("phase") or Phase.PENDING.value for r in runs)
     for phase in Phase:
         metrics.RUNS_BY_PHASE.labels(phase.value).set(phases.get(phase.value, 0))
