@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from azaion_workloads.fsutil import leftover_temp_files
+from tests.fixtures.processes import wait_until
 from tests.fixtures.rabbitmq import (
     QueueProcess,
     RabbitMQ,
@@ -36,6 +37,13 @@ from tests.fixtures.rabbitmq import (
 )
 
 pytestmark = pytest.mark.integration
+
+
+def _progress(queue: QueueProcess) -> int:
+    """The last offset the running consumer applied (-1 before the first)."""
+    body = queue.get("/readyz")[1]
+    return body.get("offset", -1) if isinstance(body, dict) else -1
+
 
 TRIALS = 20
 MESSAGES = 1000
@@ -92,15 +100,20 @@ def test_kill_9_at_random_moments(
         QUEUE_COMMIT_EVERY=str(rng.choice([1, 7, 50, 500])),
         QUEUE_COMMIT_INTERVAL_MS=str(rng.choice([20, 100, 1000])),
     )
+    # Kill points: random positions in the stream (seeded), plus now and then a kill
+    # during start-up, before the subscription exists.
+    targets = sorted(rng.sample(range(len(offsets) - 20), rng.randint(2, 4)))
     kills = []
-    for _ in range(rng.randint(2, 3)):
+    for target in targets:
         queue.start()
-        if rng.random() < 0.8:
-            queue.wait_ready()  # then kill while messages are being applied
-        time.sleep(rng.uniform(0.0, 1.2))
+        if rng.random() < 0.15:
+            time.sleep(rng.uniform(0.0, 0.5))
+        else:
+            wait_until(lambda target=target: _progress(queue) >= offsets[target], 60, "progress", 0.005)
         queue.kill()
         kills.append(queue.stored_offset())
     queue.start()
+    queue.wait_ready()  # a killed run may have stored the last offset already
     queue.wait_for_offset(offsets[-1], timeout=120)
     assert queue.terminate() == 0, queue.log_tail()
 

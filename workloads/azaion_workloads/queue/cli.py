@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 
 from azaion_workloads import contract
@@ -32,7 +33,13 @@ def _reporter(fallback_file: os.PathLike[str] | str) -> StatusReporter:
         return FileStatusReporter(Path(fallback_file))
 
 
+def _stop_before_consuming(signum: int, _frame: object) -> None:
+    # Until the event loop takes SIGTERM over, nothing is in hand: leave cleanly.
+    raise SystemExit(contract.EXIT_OK)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_before_consuming)
     logs.configure(os.environ.get("QUEUE_LOG_LEVEL", "INFO").upper() or "INFO")
     try:
         config = load_config()
