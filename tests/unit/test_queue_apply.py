@@ -192,3 +192,21 @@ def test_replaying_from_any_stored_offset_after_a_crash_converges(
             run(processor(tmp_path), steps, crashed_at, crashed_at + 1)
     run(processor(tmp_path), steps, resume_at)
     assert read_tree(tmp_path) == expected_tree(steps)
+
+
+def test_directory_fsyncs_wait_for_the_commit_and_happen_once_each(tmp_path: Path) -> None:
+    proc = processor(tmp_path)
+    image = tiny_image(5)
+    for offset, message in enumerate(
+        [
+            annotation("a", "Operator", image=image),
+            annotation("b", "Operator", image=image),
+            WireMessage(encode_bulk(["a"]), "Validated"),
+            WireMessage(b"\xc1", "Created"),
+        ]
+    ):
+        proc.process(message.stored_bytes(), offset, STORED_AT_MS)
+    directories = {"data-seed/images", "data-seed/labels", "data/images", "data/labels", "quarantine"}
+    assert len(proc.pending) == len(directories)
+    assert proc.sync() == len(directories)
+    assert len(proc.pending) == 0 and proc.sync() == 0

@@ -162,3 +162,61 @@ def test_json_logs_never_carry_bytes() -> None:
     record.payload = b"\xff\xd8secret-pixels"
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "hello world" and line["payload"] == "<15 bytes>"
+
+
+def test_a_subscription_is_stalled_only_when_messages_wait_unanswered() -> None:
+    state = ConsumerState(connected=True, processed_offset=10, last_progress=0.0)
+    state.observe_tail(10, now=100.0)
+    assert state.waiting_since is None and not state.stalled(1000.0, 0.0, 60)
+    # A message arrives after a long idle time: not a stall until it has waited.
+    state.observe_tail(12, now=200.0)
+    assert state.waiting_since == 200.0
+    assert not state.stalled(230.0, 0.0, 60)
+    assert state.stalled(261.0, 0.0, 60)
+    assert not state.stalled(261.0, 250.0, 60)  # just resubscribed
+    state.disk_critical = True
+    assert not state.stalled(261.0, 0.0, 60)  # paused on purpose
+    state.disk_critical = False
+    state.processed_offset, state.last_progress = 12, 262.0
+    state.observe_tail(12, now=263.0)
+    assert state.waiting_since is None and not state.stalled(400.0, 0.0, 60)
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.reports: list[dict[str, object]] = []
+
+    def report(self, fields: dict[str, object]) -> None:
+        self.reports.append(fields)
+
+
+def test_status_reports_clear_messages_waiting_once_it_is_unknown(tmp_path: Path) -> None:
+    import asyncio
+
+    from azaion_workloads.queue.config import load_config
+    from azaion_workloads.queue.consumer import StreamConsumer
+
+    config = load_config(
+        {
+            "RABBITMQ_HOST": "127.0.0.1",
+            "RABBITMQ_USER": "u",
+            "RABBITMQ_PASSWORD": "p",
+            "AZAION_ROOT_DIR": str(tmp_path / "root"),
+            "QUEUE_OFFSET_FILE": str(tmp_path / "state" / "offset.yaml"),
+        }
+    )
+    reporter = _Recorder()
+
+    async def scenario() -> None:
+        queue = StreamConsumer(config, reporter)
+        queue.state.processed_offset, queue.state.tail_offset = 5, 9
+        await queue._report_once(timeout=5)
+        queue.state.tail_offset = None
+        await queue._report_once(timeout=5)
+        await queue._report_once(timeout=5)
+
+    asyncio.run(scenario())
+    first, second, third = reporter.reports
+    assert first["messagesWaiting"] == 4 and first["offset"] == 5
+    assert second["messagesWaiting"] is None  # a merge patch removes the stale value
+    assert "messagesWaiting" not in third

@@ -488,20 +488,12 @@ class StreamConsumer:
         period = max(1.0, self.settings.status_interval_seconds)
         while True:
             tail = await probe.tail()
-            if tail is not None or not self.state.connected:
-                self.state.tail_offset = tail
             st = self.state
-            waiting = st.messages_waiting()
-            if (
-                st.connected
-                and waiting
-                and not st.disk_critical
-                and st.in_hand_since is None
-                and time.monotonic() - max(st.last_progress or 0.0, self._subscribed_at) > STALL_SECONDS
-            ):
+            st.observe_tail(tail, time.monotonic())
+            if st.stalled(time.monotonic(), self._subscribed_at, STALL_SECONDS):
                 log.warning(
                     "messages wait but none arrive: resubscribing",
-                    extra={"waiting": waiting, "offset": st.processed_offset},
+                    extra={"waiting": st.messages_waiting(), "offset": st.processed_offset},
                 )
                 self._lost.set()
             await asyncio.sleep(period)

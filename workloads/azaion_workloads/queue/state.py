@@ -35,6 +35,7 @@ class ConsumerState:
     #: First offset the subscription can deliver, when known (offset or first).
     start_position: int | None = None
     tail_offset: int | None = None
+    waiting_since: float | None = None
     last_progress: float | None = None
     messages_processed: int = 0
     messages_quarantined: int = 0
@@ -54,6 +55,28 @@ class ConsumerState:
         if self.start_position is not None:
             return max(0, self.tail_offset - self.start_position + 1)
         return None
+
+    def observe_tail(self, tail: int | None, now: float) -> None:
+        """Record a tail probe; remember since when messages have been waiting."""
+        if tail is not None or not self.connected:
+            self.tail_offset = tail
+        if not self.messages_waiting():
+            self.waiting_since = None
+        elif self.waiting_since is None:
+            self.waiting_since = now
+
+    def stalled(self, now: float, subscribed_at: float, after_seconds: float) -> bool:
+        """Subscribed, messages waiting for ``after_seconds``, and none applied meanwhile.
+
+        The only way a broken subscription shows itself when the connection
+        looks fine (a client task that died, a peer that stopped sending).
+        """
+        if not self.connected or self.waiting_since is None:
+            return False
+        if self.disk_critical or self.in_hand_since is not None:
+            return False  # paused on purpose, or busy with a slow message
+        quiet_since = max(self.waiting_since, self.last_progress or 0.0, subscribed_at)
+        return now - quiet_since > after_seconds
 
     def liveness_problems(self, now: float | None = None) -> list[str]:
         now = time.monotonic() if now is None else now
