@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
 from azaion_workloads.fsutil import leftover_temp_files
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.queue import apply as apply_module
 from azaion_workloads.queue.processor import MessageProcessor
-
 from tests.fixtures.rabbitmq import (
     Box,
     Step,

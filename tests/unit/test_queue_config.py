@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+
 from azaion_workloads.queue.config import ConfigError, StartFrom, load_config
 
 pytestmark = pytest.mark.unit

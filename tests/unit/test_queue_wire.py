@@ -8,6 +8,8 @@ import json
 
 import msgpack
 import pytest
+from rstream import AMQPMessage
+
 from azaion_workloads.classes import ClassCatalog
 from azaion_workloads.queue.wire import (
     MAX_BODY_BYTES,
@@ -20,8 +22,6 @@ from azaion_workloads.queue.wire import (
     decode,
     status_property,
 )
-from rstream import AMQPMessage
-
 from tests.fixtures.rabbitmq import (
     Box,
     WireMessage,
