@@ -352,7 +352,7 @@ class StreamConsumer:
             if offset is not None and offset != self._mirrored and not self._lost.is_set():
                 await self._store_on_server(consumer, offset)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(consumer.close(), 10)
+            await asyncio.wait_for(consumer.close(), 5)
 
     async def _store_on_server(self, consumer: Consumer, offset: int) -> None:
         try:
@@ -486,10 +486,21 @@ class StreamConsumer:
     async def _watch_tail(self, probe: TailProbe) -> None:
         """Track the stream's newest offset; resubscribe when messages wait but none come."""
         period = max(1.0, self.settings.status_interval_seconds)
+        warned_behind = False
         while True:
             tail = await probe.tail()
             st = self.state
             st.observe_tail(tail, time.monotonic())
+            behind = tail is not None and st.processed_offset is not None and tail < st.processed_offset
+            if behind and not warned_behind:
+                # Offsets never go back in a stream: it was deleted and created anew,
+                # and the stored offset would skip its first messages.
+                log.error(
+                    "the stream ends before the stored offset: was it recreated? "
+                    "Remove the offset file (and the server-side offset) to read it from the start",
+                    extra={"tail": tail, "offset": st.processed_offset},
+                )
+            warned_behind = behind
             if st.stalled(time.monotonic(), self._subscribed_at, STALL_SECONDS):
                 log.warning(
                     "messages wait but none arrive: resubscribing",
