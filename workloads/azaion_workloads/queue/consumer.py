@@ -149,10 +149,8 @@ class StreamConsumer:
         self.state.disk_percent = self.disk.percent
         self.state.disk_critical = self.disk.is_critical
 
-    def _new_consumer(self) -> Consumer:
+    def _client(self, connection_name: str, on_close: Any = None) -> Consumer:
         settings = self.settings
-        self._attempt += 1
-        attempt = self._attempt
         return Consumer(
             settings.host,
             settings.port,
@@ -161,24 +159,20 @@ class StreamConsumer:
             vhost=settings.vhost,
             ssl_context=self._ssl,
             heartbeat=HEARTBEAT_SECONDS,
-            connection_name=f"azaion-queue-{settings.consumer_name}",
-            on_close_handler=functools.partial(self._on_connection_closed, attempt),
-            recovery_strategy=BackOffRecoveryStrategy(False),
+            connection_name=connection_name,
+            on_close_handler=on_close,
+            recovery_strategy=BackOffRecoveryStrategy(False),  # reconnection is ours
+        )
+
+    def _new_consumer(self) -> Consumer:
+        self._attempt += 1
+        return self._client(
+            f"azaion-queue-{self.settings.consumer_name}",
+            functools.partial(self._on_connection_closed, self._attempt),
         )
 
     def _probe_consumer(self) -> Consumer:
-        settings = self.settings
-        return Consumer(
-            settings.host,
-            settings.port,
-            username=settings.user,
-            password=settings.password.get_secret_value(),
-            vhost=settings.vhost,
-            ssl_context=self._ssl,
-            heartbeat=HEARTBEAT_SECONDS,
-            connection_name=f"azaion-queue-{settings.consumer_name}-probe",
-            recovery_strategy=BackOffRecoveryStrategy(False),
-        )
+        return self._client(f"azaion-queue-{self.settings.consumer_name}-probe")
 
     # -- lifecycle ---------------------------------------------------------
 
