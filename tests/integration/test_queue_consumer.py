@@ -216,3 +216,14 @@ def test_a_bad_configuration_exits_78_naming_every_problem(tmp_path: Path) -> No
     for name in ("RABBITMQ_HOST", "RABBITMQ_USER", "QUEUE_START_FROM"):
         assert name in result.stderr
     assert "do-not-print-me" not in result.stderr + result.stdout
+
+
+def test_refused_credentials_end_in_exit_78(rabbitmq: RabbitMQ, stream_name: str, workdir: Path) -> None:
+    endpoint = rabbitmq.endpoint
+    wrong = StreamEndpoint(endpoint.host, endpoint.port, endpoint.user, "not-the-password", endpoint.vhost)
+    queue = QueueProcess(wrong, stream_name, workdir / "root", workdir / "state", workdir / "c.log").start()
+    assert queue.process is not None
+    assert queue.process.proc.wait(timeout=60) == 78, queue.log_tail()
+    refusals = [line for line in queue.log_lines() if "refused the credentials" in line.get("message", "")]
+    assert len(refusals) == 3
+    assert "not-the-password" not in queue.log_path.read_text()

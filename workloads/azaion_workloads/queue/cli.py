@@ -1,7 +1,8 @@
 """``azaion-queue``: the annotation consumer's entrypoint.
 
 Exit codes follow :mod:`azaion_workloads.contract`: 0 after SIGTERM, 78 for a
-configuration that can never work, 1 when the environment failed (the pod is
+configuration that can never work (invalid settings, or credentials the broker
+refused three times in a row), 1 when the environment failed (the pod is
 restarted and resumes from its stored offset).
 """
 

@@ -38,6 +38,12 @@ from rstream import (
     OffsetNotFound,
     OffsetType,
 )
+from rstream.exceptions import (
+    AccessRefused,
+    AuthenticationFailure,
+    SASLAuthenticationFailureLoopback,
+    VirtualHostAccessFailure,
+)
 from rstream.recovery import BackOffRecoveryStrategy
 
 from azaion_workloads import contract
@@ -63,6 +69,15 @@ CONNECT_TIMEOUT = 15.0
 STALL_SECONDS = 60.0
 #: Heartbeat asked of the broker; a dead peer is noticed within about twice this.
 HEARTBEAT_SECONDS = 20
+#: Credentials refused this many times in a row: exit EXIT_PERMANENT. Credentials
+#: come from a Secret through the environment, so only a restart picks up new ones.
+CREDENTIAL_FAILURES_TO_EXIT = 3
+_CREDENTIAL_ERRORS = (
+    AuthenticationFailure,
+    SASLAuthenticationFailureLoopback,
+    VirtualHostAccessFailure,
+    AccessRefused,
+)
 
 
 class Backoff:
@@ -247,6 +262,7 @@ class StreamConsumer:
     async def _connection_loop(self) -> None:
         backoff = Backoff()
         first = True
+        refused = 0
         while not self._stop.is_set():
             if not first:
                 self.metrics.reconnects.inc()
@@ -272,6 +288,7 @@ class StreamConsumer:
                 self.state.connected = True
                 self._subscribed_at = time.monotonic()
                 backoff.reset()
+                refused = 0
                 log.info(
                     "subscribed",
                     extra={
@@ -282,6 +299,16 @@ class StreamConsumer:
                     },
                 )
                 await _first_of(self._stop.wait(), lost.wait())
+            except _CREDENTIAL_ERRORS as error:
+                refused += 1
+                log.error(
+                    "the broker refused the credentials or the vhost",
+                    extra={"error": type(error).__name__, "attempt": refused, "vhost": self.settings.vhost},
+                )
+                if refused >= CREDENTIAL_FAILURES_TO_EXIT:
+                    self.state.fatal = f"{type(error).__name__}: check RABBITMQ_USER, RABBITMQ_PASSWORD, RABBITMQ_VHOST"
+                    self.exit_code = contract.EXIT_PERMANENT
+                    self.request_stop("credentials refused")
             except Exception as error:
                 log.warning(
                     "cannot consume from the stream; retrying",
