@@ -67,6 +67,8 @@ EXIT_RETRYABLE = 1
 CONNECT_TIMEOUT = 15.0
 #: Resubscribe when messages are known to wait but none arrived for this long.
 STALL_SECONDS = 60.0
+#: Shortest interval between two tail probes (messagesWaiting, stall detection).
+TAIL_PROBE_SECONDS = 10.0
 #: Heartbeat asked of the broker; a dead peer is noticed within about twice this.
 HEARTBEAT_SECONDS = 20
 #: Credentials refused this many times in a row: exit EXIT_PERMANENT. Credentials
@@ -506,7 +508,9 @@ class StreamConsumer:
 
     async def _watch_tail(self, probe: TailProbe) -> None:
         """Track the stream's newest offset; resubscribe when messages wait but none come."""
-        period = max(1.0, self.settings.status_interval_seconds)
+        # Each probe receives the newest chunk (possibly megabytes of images), so
+        # it runs at most every TAIL_PROBE_SECONDS whatever the status interval.
+        period = max(TAIL_PROBE_SECONDS, self.settings.status_interval_seconds)
         warned_behind = False
         while True:
             tail = await probe.tail()
