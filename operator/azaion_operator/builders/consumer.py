@@ -20,6 +20,7 @@ from azaion_workloads import contract
 CONTAINER = "consumer"
 HTTP_PORT = 8080
 OFFSET_MOUNT = "/var/lib/azaion-queue"
+CA_MOUNT = "/var/run/secrets/azaion/rabbitmq-ca"
 
 
 def deployment_name(name: str) -> str:
@@ -45,7 +46,9 @@ def consumer_labels(name: str) -> dict[str, str]:
 def consumer_env(meta: dict[str, Any], spec: AnnotationConsumerSpec, config: OperatorConfig) -> list[dict[str, Any]]:
     rabbit = spec.rabbitmq
     creds = rabbit.credentials_secret_ref
+    tls_ca = [env_value("RABBITMQ_TLS_CA_FILE", f"{CA_MOUNT}/ca.crt")] if rabbit.tls.ca_secret_ref else []
     return [
+        *tls_ca,
         env_value("RABBITMQ_HOST", rabbit.host),
         env_value("RABBITMQ_PORT", rabbit.port),
         env_value("RABBITMQ_VHOST", rabbit.vhost),
@@ -72,6 +75,22 @@ def build_deployment(meta: dict[str, Any], spec: AnnotationConsumerSpec, config:
     name, namespace = meta["name"], meta["namespace"]
     labels = consumer_labels(name)
     limits = {k: v for k, v in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)) if v}
+    volumes: list[dict[str, Any]] = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": spec.data_volume.claim_name}},
+        {"name": "offset", "persistentVolumeClaim": {"claimName": offset_claim_name(name)}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "data", "mountPath": config.data_mount_path},
+        {"name": "offset", "mountPath": OFFSET_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir; the root filesystem is read-only
+    ]
+    ca = spec.rabbitmq.tls.ca_secret_ref
+    if ca:
+        volumes.append(
+            {"name": "rabbitmq-ca", "secret": {"secretName": ca.name, "items": [{"key": ca.key, "path": "ca.crt"}]}}
+        )
+        mounts.append({"name": "rabbitmq-ca", "mountPath": CA_MOUNT, "readOnly": True})
     container = {
         "name": CONTAINER,
         "image": spec.image or config.queue_image,
@@ -81,11 +100,7 @@ def build_deployment(meta: dict[str, Any], spec: AnnotationConsumerSpec, config:
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "resources": {"limits": limits, "requests": dict(limits)},
         "securityContext": container_security_context(),
-        "volumeMounts": [
-            {"name": "data", "mountPath": config.data_mount_path},
-            {"name": "offset", "mountPath": OFFSET_MOUNT},
-            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir; the root filesystem is read-only
-        ],
+        "volumeMounts": mounts,
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
             "initialDelaySeconds": 10,
@@ -120,11 +135,7 @@ def build_deployment(meta: dict[str, Any], spec: AnnotationConsumerSpec, config:
                     "securityContext": pod_security_context(config.run_as_user),
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
-                    "volumes": [
-                        {"name": "data", "persistentVolumeClaim": {"claimName": spec.data_volume.claim_name}},
-                        {"name": "offset", "persistentVolumeClaim": {"claimName": offset_claim_name(name)}},
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-                    ],
+                    "volumes": volumes,
                 },
             },
         },

@@ -12,6 +12,7 @@ from azaion_operator.models.common import (
     QUANTITY_PATTERN,
     ApiModel,
     Condition,
+    SecretKeyRef,
     StatusModel,
 )
 
@@ -51,6 +52,8 @@ class TLSSpec(ApiModel):
 
     enabled: bool = False
     """Connect with TLS."""
+    ca_secret_ref: SecretKeyRef | None = None
+    """A private CA certificate (PEM) to verify the broker with; the system CAs when unset."""
 
 
 class RabbitMQSpec(ApiModel):
@@ -165,15 +168,15 @@ class AnnotationConsumerStatus(StatusModel):
     seen_offset: int | None = None
     """The offset the operator last compared against."""
     offset: int | None = None
-    """Last stored stream offset (reported by the consumer)."""
+    """Offset of the last message whose effects are durable (reported; the stored offset may trail by one batch)."""
     messages_processed: int | None = None
-    """Messages applied since the consumer started (reported)."""
+    """Messages applied in total, stored with the offset so replays count once (reported)."""
     messages_quarantined: int | None = None
-    """Messages quarantined since the consumer started (reported)."""
+    """Messages quarantined in total (reported)."""
     messages_waiting: int | None = None
     """Messages in the stream after the offset, when known (reported)."""
     last_message_time: str | None = None
-    """When the last message was handled (reported, RFC 3339)."""
+    """When the broker stored the last processed message (reported, RFC 3339)."""
     disk_usage_percent: float | None = None
     """Data-volume usage (reported)."""
     connected: bool | None = None
