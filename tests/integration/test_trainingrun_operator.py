@@ -411,14 +411,15 @@ def test_operator_exports_prometheus_metrics(api_client, namespace, operator):
     create_run(api_client, namespace, run_body("counted", resources={"gpus": 0}))
     wait_phase(api_client, namespace, "counted", "Succeeded")
 
-    def exported() -> bool:
-        text = operator.metrics()
-        return 'azaion_trainingruns{phase="Succeeded"}' in text and "azaion_trainingrun_attempts_total" in text
+    def succeeded_runs() -> float:
+        for line in operator.metrics().splitlines():
+            if line.startswith('azaion_trainingruns{phase="Succeeded"}'):
+                return float(line.split()[-1])
+        return 0.0
 
-    wait_until(exported, 20, "the run metrics")
+    wait_until(lambda: succeeded_runs() >= 1, 20, "azaion_trainingruns{phase=Succeeded} to count the run")
     text = operator.metrics()
-    succeeded = next(line for line in text.splitlines() if line.startswith('azaion_trainingruns{phase="Succeeded"}'))
-    assert float(succeeded.split()[-1]) >= 1
+    assert "azaion_trainingrun_attempts_total" in text
     assert "azaion_reconcile_duration_seconds_count" in text
 
 
