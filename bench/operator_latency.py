@@ -29,6 +29,7 @@ from kubernetes import client, config, watch  # noqa: E402
 
 from tests.fixtures.kube import Cluster  # noqa: E402
 from tests.fixtures.operator import apply_crds, start_operator  # noqa: E402
+from tests.fixtures.resources import trainingrun  # noqa: E402
 
 GROUP, VERSION, PLURAL = "ai.azaion.com", "v1alpha1", "trainingruns"
 
@@ -83,17 +84,7 @@ class JobWatcher:
 
 
 def run_body(name: str) -> dict:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingRun",
-        "metadata": {"name": name},
-        "spec": {
-            "model": "yolo26n.yaml",
-            "storage": {"claimName": "azaion-data"},
-            "resources": {"gpus": 0},
-            "podAnnotations": {"azaion.local/hold": "true"},
-        },
-    }
+    return trainingrun(name, resources={"gpus": 0}, podAnnotations={"azaion.local/hold": "true"})
 
 
 def plain_job(name: str) -> dict:

@@ -24,8 +24,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.fixtures.kube import REPO, Cluster
+from tests.fixtures.kube import REPO, Cluster, prebound_volume
 from tests.fixtures.processes import ManagedProcess, free_port, wait_until
+from tests.fixtures.resources import trainingrun
 
 pytestmark = pytest.mark.integration
 
@@ -193,23 +194,9 @@ def local_operator_stopped(request: pytest.FixtureRequest, cluster: Cluster) -> 
 
 def dedicated_volume(api_client, namespace: str, claim: str, tmp_path: Path) -> str:
     """A PV pre-bound to ``claim`` (storage class ``local``), so the shared PV pool is left alone."""
-    name = f"{namespace}-{claim}"[:63].rstrip("-")
     directory = tmp_path / claim
     directory.mkdir()
-    client.CoreV1Api(api_client).create_persistent_volume(
-        client.V1PersistentVolume(
-            metadata=client.V1ObjectMeta(name=name),
-            spec=client.V1PersistentVolumeSpec(
-                capacity={"storage": "10Gi"},
-                access_modes=["ReadWriteOnce", "ReadWriteMany"],
-                persistent_volume_reclaim_policy="Retain",
-                storage_class_name="local",
-                host_path=client.V1HostPathVolumeSource(path=str(directory)),
-                claim_ref=client.V1ObjectReference(namespace=namespace, name=claim),
-            ),
-        )
-    )
-    return name
+    return prebound_volume(api_client, namespace, claim, directory, storage_class="local")
 
 
 def custom(api_client) -> client.CustomObjectsApi:
@@ -221,19 +208,8 @@ def get_obj(api_client, plural: str, namespace: str, name: str) -> dict[str, Any
 
 
 def training_run(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingRun",
-        "metadata": {"name": name},
-        "spec": {
-            "model": "yolo26n.yaml",
-            "storage": {"claimName": "azaion-data"},
-            "training": {"epochs": 3, "imgsz": 64},
-            # A CPU run: it never waits in the GPU queue behind other tests' runs.
-            "resources": {"gpus": 0},
-            **spec,
-        },
-    }
+    # A CPU run: it never waits in the GPU queue behind other tests' runs.
+    return trainingrun(name, **{"resources": {"gpus": 0}, **spec})
 
 
 def annotation_consumer(name: str, image: str | None = None) -> dict[str, Any]:

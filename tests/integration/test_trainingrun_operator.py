@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.fixtures.kube import client_as_service_account
 from tests.fixtures.operator import start_operator
 from tests.fixtures.processes import wait_until
+from tests.fixtures.resources import trainingrun
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator", "data_claim")]
 
@@ -32,19 +33,8 @@ def simulated(cluster):
 
 
 def run_body(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingRun",
-        "metadata": {"name": name},
-        "spec": {
-            "model": "yolo26n.yaml",
-            "storage": {"claimName": "azaion-data"},
-            "training": {"epochs": 3, "imgsz": 64},
-            "failurePolicy": {"backoffSeconds": 0},
-            **spec,
-        },
-    }
-    return body
+    """Retries without backoff, so failure tests finish quickly."""
+    return trainingrun(name, **{"failurePolicy": {"backoffSeconds": 0}, **spec})
 
 
 def create_run(api_client, namespace: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -11,9 +11,8 @@ from azaion_operator.models.common import (
     DNS_SUBDOMAIN_PATTERN,
     QUANTITY_PATTERN,
     ApiModel,
-    Condition,
+    ReconciledStatus,
     SecretKeyRef,
-    StatusModel,
 )
 
 KIND = "AnnotationConsumer"
@@ -150,15 +149,12 @@ class ConsumerPhase(StrEnum):
     DEGRADED = "Degraded"
 
 
-class AnnotationConsumerStatus(StatusModel):
+class AnnotationConsumerStatus(ReconciledStatus):
     """Observed state. The operator writes phase, conditions and bookkeeping; the consumer its counters."""
 
     phase: ConsumerPhase | None = None
-    """Pending, Running or Degraded (running but stalled or short of disk)."""
-    conditions: list[Condition] | None = None
-    """Available, Progressing, Stalled and DiskPressure."""
-    observed_generation: int | None = None
-    """The .metadata.generation the operator last acted on."""
+    """Pending, Running or Degraded (running but stalled or short of disk); conditions: Available,
+    Progressing, Stalled and DiskPressure."""
     deployment_name: str | None = None
     """The consumer Deployment."""
     offset_claim_name: str | None = None

@@ -73,3 +73,12 @@ class Condition(StatusModel):
     """When the status last changed (RFC 3339)."""
     observed_generation: int | None = None
     """The .metadata.generation the condition was computed from."""
+
+
+class ReconciledStatus(StatusModel):
+    """The status keys the operator owns on every resource kind."""
+
+    conditions: list[Condition] | None = None
+    """Conditions with machine-readable reasons and human messages."""
+    observed_generation: int | None = None
+    """The .metadata.generation the operator last acted on."""

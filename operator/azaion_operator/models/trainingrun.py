@@ -11,7 +11,7 @@ from azaion_operator.models.common import (
     DNS_SUBDOMAIN_PATTERN,
     QUANTITY_PATTERN,
     ApiModel,
-    Condition,
+    ReconciledStatus,
     SecretKeyRef,
     StatusModel,
     Toleration,
@@ -412,7 +412,7 @@ class AttemptRecord(StatusModel):
     """When the outcome was observed (RFC 3339)."""
 
 
-class TrainingRunStatus(StatusModel):
+class TrainingRunStatus(ReconciledStatus):
     """Observed state.
 
     The operator writes phase, conditions and attempts; the pod writes progress,
@@ -420,11 +420,7 @@ class TrainingRunStatus(StatusModel):
     """
 
     phase: Phase | None = None
-    """Pending, Queued, Running, Succeeded, Failed or Suspended."""
-    conditions: list[Condition] | None = None
-    """Ready/Succeeded/Failed/Queued/Suspended conditions with reasons."""
-    observed_generation: int | None = None
-    """The .metadata.generation the operator last acted on."""
+    """Pending, Queued, Running, Succeeded, Failed or Suspended (conditions: Progressing, Succeeded, Failed)."""
     attempts: int | None = None
     """Jobs started so far."""
     failures: int | None = None
