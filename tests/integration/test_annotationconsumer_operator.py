@@ -270,3 +270,18 @@ def test_invalid_spec_is_rejected_naming_the_field(api_client, namespace, case, 
     assert rejected.value.status in (400, 422)
     message = json.loads(rejected.value.body)["message"]
     assert field in message, message
+
+
+def test_sample_applies_cleanly(cluster, namespace):
+    from tests.fixtures.kube import REPO
+
+    result = cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        "--validate=strict",
+        "-n",
+        namespace,
+        "-f",
+        str(REPO / "samples" / "annotationconsumer.yaml"),
+    )
+    assert "created (server dry run)" in result.stdout
