@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from azaion_operator.conditions import condition, keep_transition_times
 from azaion_operator.lifecycle import parse_time, timestamp
 from azaion_operator.models.annotationconsumer import AnnotationConsumerSpec, ConsumerPhase, duration_seconds
 
@@ -17,21 +18,10 @@ class Health:
 
 
 def _deployment_condition(deployment: dict[str, Any] | None, kind: str) -> dict[str, Any]:
-    for condition in ((deployment or {}).get("status") or {}).get("conditions") or []:
-        if condition.get("type") == kind:
-            return condition
+    for entry in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if entry.get("type") == kind:
+            return entry
     return {}
-
-
-def _condition(kind: str, ok: bool, reason: str, message: str, now: str, generation: int) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "status": "True" if ok else "False",
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": now,
-        "observedGeneration": generation,
-    }
 
 
 def assess(
@@ -81,7 +71,7 @@ def assess(
         disk_reason, disk_message = "DiskOK", "" if disk is None else f"data volume {disk:.1f}% full"
 
     conditions = [
-        _condition(
+        condition(
             "Available",
             is_available,
             available.get("reason") or "DeploymentNotAvailable",
@@ -89,7 +79,7 @@ def assess(
             stamp,
             generation,
         ),
-        _condition(
+        condition(
             "Progressing",
             progressing.get("status") == "True",
             progressing.get("reason") or "Pending",
@@ -97,21 +87,19 @@ def assess(
             stamp,
             generation,
         ),
-        _condition(
+        condition(
             "Stalled", stalled, "OffsetNotAdvancing" if stalled else "OffsetAdvancing", stall_message, stamp, generation
         ),
-        _condition("DiskPressure", pressure, disk_reason, disk_message, stamp, generation),
+        condition("DiskPressure", pressure, disk_reason, disk_message, stamp, generation),
     ]
     previous = {c.get("type"): c for c in status.get("conditions") or []}
-    for condition in conditions:
-        before = previous.get(condition["type"], {})
-        if before.get("status") == condition["status"] and before.get("reason") == condition["reason"]:
-            condition["lastTransitionTime"] = before.get("lastTransitionTime", stamp)
-        flipped = before.get("status", "False") != condition["status"]
-        if condition["type"] in ("Stalled", "DiskPressure") and flipped:
-            event_type = "Warning" if condition["status"] == "True" else "Normal"
-            reason = condition["type"] if condition["status"] == "True" else f"{condition['type']}Cleared"
-            health.events.append((event_type, reason, condition["message"]))
+    keep_transition_times(conditions, status.get("conditions"))
+    for entry in conditions:
+        flipped = previous.get(entry["type"], {}).get("status", "False") != entry["status"]
+        if entry["type"] in ("Stalled", "DiskPressure") and flipped:
+            event_type = "Warning" if entry["status"] == "True" else "Normal"
+            reason = entry["type"] if entry["status"] == "True" else f"{entry['type']}Cleared"
+            health.events.append((event_type, reason, entry["message"]))
 
     if not is_available:
         phase = ConsumerPhase.PENDING

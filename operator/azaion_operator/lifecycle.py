@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from azaion_operator.conditions import condition, keep_transition_times
 from azaion_operator.models.trainingrun import Phase, TrainingRunSpec
 from azaion_operator.names import job_name
 from azaion_operator.outcomes import AttemptOutcome, classify, is_disrupted, pod_problem
@@ -68,41 +69,19 @@ STUCK_REASONS = {"ImagePullBackOff", "CreateContainerConfigError", "Unschedulabl
 def _conditions(phase: str, reason: str, message: str, now: str, generation: int) -> list[dict[str, Any]]:
     """One condition per question a user asks: is it progressing, did it succeed, did it fail."""
     progressing = phase in (Phase.PENDING, Phase.RUNNING) and reason not in STUCK_REASONS
+    finished, failed = phase in TERMINAL, phase == Phase.FAILED
     return [
-        {
-            "type": "Progressing",
-            "status": "True" if progressing else "False",
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": now,
-            "observedGeneration": generation,
-        },
-        {
-            "type": "Succeeded",
-            "status": "True" if phase == Phase.SUCCEEDED else "False",
-            "reason": reason if phase == Phase.SUCCEEDED else "NotFinished" if phase not in TERMINAL else reason,
-            "message": message if phase in TERMINAL else "",
-            "lastTransitionTime": now,
-            "observedGeneration": generation,
-        },
-        {
-            "type": "Failed",
-            "status": "True" if phase == Phase.FAILED else "False",
-            "reason": reason if phase == Phase.FAILED else "NoFailure",
-            "message": message if phase == Phase.FAILED else "",
-            "lastTransitionTime": now,
-            "observedGeneration": generation,
-        },
+        condition("Progressing", progressing, reason, message, now, generation),
+        condition(
+            "Succeeded",
+            phase == Phase.SUCCEEDED,
+            reason if finished else "NotFinished",
+            message if finished else "",
+            now,
+            generation,
+        ),
+        condition("Failed", failed, reason if failed else "NoFailure", message if failed else "", now, generation),
     ]
-
-
-def _keep_transition_times(new: list[dict[str, Any]], old: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    previous = {c.get("type"): c for c in old or []}
-    for condition in new:
-        before = previous.get(condition["type"])
-        if before and before.get("status") == condition["status"] and before.get("reason") == condition["reason"]:
-            condition["lastTransitionTime"] = before.get("lastTransitionTime", condition["lastTransitionTime"])
-    return new
 
 
 class _Builder:
@@ -118,7 +97,7 @@ class _Builder:
         status["phase"] = phase.value
         status["observedGeneration"] = self.meta.get("generation", 1)
         conditions = _conditions(phase.value, reason, message, timestamp(self.now), self.meta.get("generation", 1))
-        status["conditions"] = _keep_transition_times(conditions, self.old.get("conditions"))
+        status["conditions"] = keep_transition_times(conditions, self.old.get("conditions"))
         old_progressing = next((c for c in self.old.get("conditions") or [] if c.get("type") == "Progressing"), {})
         if self.old.get("phase") != phase.value or old_progressing.get("reason") != reason:
             self.decision.events.append((event_type, reason, message))

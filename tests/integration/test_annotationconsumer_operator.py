@@ -12,6 +12,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from tests.fixtures.processes import wait_until
+from tests.fixtures.resources import assert_rejected_naming, with_spec_changes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator", "data_claim")]
 
@@ -259,17 +260,8 @@ INVALID = [
 
 @pytest.mark.parametrize(("case", "change", "field"), INVALID, ids=[c[0] for c in INVALID])
 def test_invalid_spec_is_rejected_naming_the_field(api_client, namespace, case, change, field):
-    body = consumer_body("invalid")
-    for key, value in change.items():
-        if value is None:
-            body["spec"].pop(key)
-        else:
-            body["spec"][key] = value
-    with pytest.raises(ApiException) as rejected:
-        create(api_client, namespace, body)
-    assert rejected.value.status in (400, 422)
-    message = json.loads(rejected.value.body)["message"]
-    assert field in message, message
+    body = with_spec_changes(consumer_body("invalid"), change)
+    assert_rejected_naming(lambda: create(api_client, namespace, body), field)
 
 
 def test_sample_applies_cleanly(cluster, namespace):

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.fixtures.kube import client_as_service_account
 from tests.fixtures.operator import start_operator
 from tests.fixtures.processes import wait_until
-from tests.fixtures.resources import trainingrun
+from tests.fixtures.resources import assert_rejected_naming, trainingrun, with_spec_changes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator", "data_claim")]
 
@@ -345,17 +345,8 @@ INVALID_SPECS = [
 
 @pytest.mark.parametrize(("case", "change", "field"), INVALID_SPECS, ids=[c[0] for c in INVALID_SPECS])
 def test_invalid_spec_is_rejected_naming_the_field(api_client, namespace, case, change, field):
-    body = run_body("invalid")
-    for key, value in change.items():
-        if value is None:
-            body["spec"].pop(key)
-        else:
-            body["spec"][key] = value
-    with pytest.raises(ApiException) as rejected:
-        create_run(api_client, namespace, body)
-    assert rejected.value.status in (400, 422), rejected.value.body
-    message = json.loads(rejected.value.body)["message"]
-    assert field in message, message
+    body = with_spec_changes(run_body("invalid"), change)
+    assert_rejected_naming(lambda: create_run(api_client, namespace, body), field)
     with pytest.raises(ApiException) as missing:
         get_run(api_client, namespace, "invalid")
     assert missing.value.status == 404

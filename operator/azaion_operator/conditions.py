@@ -1,0 +1,26 @@
+"""Kubernetes-style conditions, shared by every resource the operator manages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def condition(kind: str, holds: bool, reason: str, message: str, now: str, generation: int) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": "True" if holds else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now,
+        "observedGeneration": generation,
+    }
+
+
+def keep_transition_times(new: list[dict[str, Any]], old: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """A condition whose status and reason did not change keeps its old transition time."""
+    previous = {c.get("type"): c for c in old or []}
+    for entry in new:
+        before = previous.get(entry["type"])
+        if before and before.get("status") == entry["status"] and before.get("reason") == entry["reason"]:
+            entry["lastTransitionTime"] = before.get("lastTransitionTime", entry["lastTransitionTime"])
+    return new
