@@ -97,3 +97,15 @@ def test_durations():
     assert duration_seconds("30m") == 1800
     assert duration_seconds("1h30m") == 5400
     assert duration_seconds("45s") == 45
+
+
+def test_the_consumer_pod_is_placed_where_its_spec_says():
+    placement = {
+        "nodeSelector": {"azaion.local/data": "here"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}],
+    }
+    pod = build_deployment(META, spec(resources=placement), OperatorConfig())["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"azaion.local/data": "here"}
+    assert pod["tolerations"] == placement["tolerations"]
+    unplaced = build_deployment(META, spec(), OperatorConfig())["spec"]["template"]["spec"]
+    assert unplaced["nodeSelector"] == {} and unplaced["tolerations"] == []

@@ -134,6 +134,8 @@ def build_deployment(meta: dict[str, Any], spec: AnnotationConsumerSpec, config:
                     "serviceAccountName": service_account_name(name),
                     "securityContext": pod_security_context(config.run_as_user),
                     "terminationGracePeriodSeconds": 30,
+                    "nodeSelector": dict(spec.resources.node_selector),
+                    "tolerations": [toleration.wire() for toleration in spec.resources.tolerations],
                     "containers": [container],
                     "volumes": volumes,
                 },

@@ -13,6 +13,7 @@ from azaion_operator.models.common import (
     ApiModel,
     ReconciledStatus,
     SecretKeyRef,
+    Toleration,
 )
 
 KIND = "AnnotationConsumer"
@@ -91,12 +92,16 @@ class OffsetVolumeSpec(ApiModel):
 
 
 class ConsumerResources(ApiModel):
-    """CPU and memory of the consumer container."""
+    """CPU, memory and placement of the consumer pod."""
 
     cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
     """CPU request and limit."""
     memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
     """Memory request and limit."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the pod must match (the node that mounts the data volume, on a multi-node cluster)."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Taints the pod tolerates."""
 
 
 class OffsetCommit(ApiModel):
