@@ -3,6 +3,7 @@
 # work tree keyed by version; a warm call only checks that the binaries exist.
 #
 #   hack/build-tools.sh            build whatever is missing, print the bin dir
+#   hack/build-tools.sh node       also the real node's kubelet, kube-proxy and pause
 #   AZAION_TOOLS_DIR=/path ...     choose the cache (default ~/.cache/azaion/tools)
 set -euo pipefail
 
@@ -46,15 +47,20 @@ build() {
   echo "built $name $version in $((SECONDS - start))s" >&2
 }
 
-k8s_build() {
+k8s_build() { # DEST PACKAGE...
   local dest="$1" minor
+  shift
   minor="$(echo "$KUBERNETES_VERSION" | cut -d. -f2)"
   local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION \
     -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
     -X k8s.io/component-base/version.gitTreeState=clean"
   cd "$here/gobuild/kubernetes"
-  go build -tags selinux,notest,grpcnotrace -ldflags "$ldflags" -o "$dest/" \
-    ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler ./cmd/kubectl
+  go build -tags selinux,notest,grpcnotrace -ldflags "$ldflags" -o "$dest/" "$@"
+}
+
+pause_build() {
+  cd "$here/gobuild/pause"
+  go build -ldflags "-s -w" -o "$1/pause" .
 }
 
 etcd_build() {
@@ -70,14 +76,24 @@ k8s_dir="$tools_dir/kubernetes-$KUBERNETES_VERSION"
 etcd_dir="$tools_dir/etcd-$ETCD_VERSION"
 kwok_dir="$tools_dir/kwok-$KWOK_VERSION"
 helm_dir="$tools_dir/helm-$HELM_VERSION"
+# The real node's binaries live apart from the plane's, so adding them keeps the
+# plane's cache entry; the pause program is keyed by a hash of its source.
+node_dir="$tools_dir/kubelet-$KUBERNETES_VERSION"
+pause_version="$(cat "$here/gobuild/pause/go.mod" "$here/gobuild/pause/main.go" | sha256sum | cut -c1-12)"
+pause_dir="$tools_dir/pause-$pause_version"
 
 want="${1:-all}"
 case "$want" in
-  all|cluster)
+  all|cluster|node)
     build etcd "$ETCD_VERSION" "$etcd_dir" etcd_build "$etcd_dir"
     build kwok "$KWOK_VERSION" "$kwok_dir" go_install "$kwok_dir" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
     build helm "$HELM_VERSION" "$helm_dir" go_install "$helm_dir" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-    build kubernetes "$KUBERNETES_VERSION" "$k8s_dir" k8s_build "$k8s_dir"
+    build kubernetes "$KUBERNETES_VERSION" "$k8s_dir" k8s_build "$k8s_dir" \
+      ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler ./cmd/kubectl
+    if [ "$want" = node ]; then
+      build kubelet "$KUBERNETES_VERSION" "$node_dir" k8s_build "$node_dir" ./cmd/kubelet ./cmd/kube-proxy
+      build pause "$pause_version" "$pause_dir" pause_build "$pause_dir"
+    fi
     ;;
   actionlint)
     dir="$tools_dir/actionlint-$ACTIONLINT_VERSION"
@@ -85,7 +101,7 @@ case "$want" in
     echo "$dir"
     exit 0
     ;;
-  *) echo "usage: $0 [all|actionlint]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|node|actionlint]" >&2; exit 2 ;;
 esac
 
 # One directory of links, so callers put a single entry on PATH.
@@ -95,4 +111,9 @@ for f in "$k8s_dir"/kube-apiserver "$k8s_dir"/kube-controller-manager "$k8s_dir"
   "$k8s_dir"/kubectl "$etcd_dir"/etcd "$kwok_dir"/kwok "$helm_dir"/helm; do
   ln -sf "$f" "$bin_dir/"
 done
+if [ "$want" = node ]; then
+  for f in "$node_dir"/kubelet "$node_dir"/kube-proxy "$pause_dir"/pause; do
+    ln -sf "$f" "$bin_dir/"
+  done
+fi
 echo "$bin_dir"
