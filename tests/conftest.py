@@ -8,8 +8,13 @@ stop exactly what they started. Options point them at existing ones instead.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
+
+# Real pods need the images built and a node that runs containers, and their
+# operator is the chart's: they run in a session of their own (hack/test-pods.sh).
+collect_ignore = [] if os.environ.get("AZAION_REAL_PODS") == "1" else ["pods"]
 
 pytest_plugins = [
     "tests.fixtures.kube",
@@ -44,6 +49,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="URL",
         help="use this S3-compatible endpoint (credentials from AWS_* env) instead of starting a local S3 server",
+    )
+    group.addoption(
+        "--image-tag",
+        default=None,
+        help="e2e: tag of the azaion.local/{operator,queue,training} images (default $AZAION_IMAGE_TAG or dev); "
+        "built and loaded on the local plane, expected loaded with --kubeconfig",
+    )
+    group.addoption(
+        "--host-address",
+        default=None,
+        help="e2e: this machine's address as pods see it (servers the pods use bind there); default: the local plane's",
     )
 
 
