@@ -3,7 +3,7 @@
 # work tree keyed by version; a warm call only checks that the binaries exist.
 #
 #   hack/build-tools.sh            build whatever is missing, print the bin dir
-#   hack/build-tools.sh node       also the real node's kubelet, kube-proxy and pause
+#   hack/build-tools.sh node       also the real node's kubelet, kube-proxy, pause and crictl
 #   AZAION_TOOLS_DIR=/path ...     choose the cache (default ~/.cache/azaion/tools)
 set -euo pipefail
 
@@ -81,6 +81,7 @@ helm_dir="$tools_dir/helm-$HELM_VERSION"
 node_dir="$tools_dir/kubelet-$KUBERNETES_VERSION"
 pause_version="$(cat "$here/gobuild/pause/go.mod" "$here/gobuild/pause/main.go" | sha256sum | cut -c1-12)"
 pause_dir="$tools_dir/pause-$pause_version"
+crictl_dir="$tools_dir/crictl-$CRI_TOOLS_VERSION"
 
 want="${1:-all}"
 case "$want" in
@@ -93,6 +94,8 @@ case "$want" in
     if [ "$want" = node ]; then
       build kubelet "$KUBERNETES_VERSION" "$node_dir" k8s_build "$node_dir" ./cmd/kubelet ./cmd/kube-proxy
       build pause "$pause_version" "$pause_dir" pause_build "$pause_dir"
+      build crictl "$CRI_TOOLS_VERSION" "$crictl_dir" go_install "$crictl_dir" \
+        "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
     fi
     ;;
   actionlint)
@@ -112,7 +115,7 @@ for f in "$k8s_dir"/kube-apiserver "$k8s_dir"/kube-controller-manager "$k8s_dir"
   ln -sf "$f" "$bin_dir/"
 done
 if [ "$want" = node ]; then
-  for f in "$node_dir"/kubelet "$node_dir"/kube-proxy "$pause_dir"/pause; do
+  for f in "$node_dir"/kubelet "$node_dir"/kube-proxy "$pause_dir"/pause "$crictl_dir"/crictl; do
     ln -sf "$f" "$bin_dir/"
   done
 fi
