@@ -97,7 +97,7 @@ docker_up() {
     --data-root "$dir/data" --exec-root "$dir/exec" \
     --host "unix://$sock" --pidfile "$dir/dockerd.pid" \
     --bridge=none --iptables=false --ip-forward=false --ip-masq=false \
-    >"$dir/logs/dockerd.log" 2>&1 </dev/null &
+    >"$dir/logs/dockerd.log" 2>&1 </dev/null 9>&- &
   local pid=$!
   for _ in $(seq 1 120); do
     if docker version >/dev/null 2>&1; then return; fi
@@ -140,7 +140,7 @@ serve_wheels() {
   py="$(host_python)"
   # shellcheck disable=SC2016 # expanded by the inner bash
   setsid bash -c 'echo $$ > "$1"; exec "$2" -m http.server --bind 127.0.0.1 --directory "$3" "$4"' \
-    _ "$dir/wheels.pid" "$py" "$wheels" "$port" >"$dir/logs/wheels.log" 2>&1 </dev/null &
+    _ "$dir/wheels.pid" "$py" "$wheels" "$port" >"$dir/logs/wheels.log" 2>&1 </dev/null 9>&- &
   for _ in $(seq 1 40); do
     if curl -fsS -o /dev/null "$(wheels_url)" 2>/dev/null; then return; fi
     sleep 0.25

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """A real Kubernetes control plane on loopback, without Docker.
 
-    hack/cluster.sh up [--gpus N] [--pvs N]   start (or reuse) the plane; prints the kubeconfig path
-    hack/cluster.sh env                       shell exports: KUBECONFIG and PATH with kubectl/helm
+    hack/cluster.sh up [--gpus N] [--pvs N] [--real-node]
+                                              start (or reuse) the plane; prints the kubeconfig path
+    hack/cluster.sh env                       shell exports: KUBECONFIG, PATH with kubectl/helm, and
+                                              with a real node AZAION_HOST_ADDRESS, AZAION_CONTAINERD_SOCK
+    hack/cluster.sh load-image REF...         put images of hack/images.sh into the real node
     hack/cluster.sh status                    which components run, and whether the API is ready
     hack/cluster.sh down                      stop exactly the processes it started, remove its state
 
@@ -12,10 +15,16 @@ the kubelet of one fake node shaped like the target machine: a GPU node with
 ``nvidia.com/gpu`` allocatable, a RuntimeClass ``nvidia``, a default
 StorageClass and hostPath PersistentVolumes so that claims bind.
 
+With ``--real-node`` (or AZAION_REAL_NODE=1; Linux, root) a second node runs
+real containers: a kubelet on containerd and runc with a CNI bridge, and
+kube-proxy, so pods reach the API server and this machine's servers. See
+hack/realnode.py. The API server then also listens on the host address.
+
 Only the standard library is used, so it runs before any virtualenv exists.
 Settings come from the environment: AZAION_CLUSTER_DIR (state, default
 .state/cluster in the repository), AZAION_CLUSTER_PORT_BASE (default 26400),
-AZAION_TOOLS_DIR (binary cache, see hack/build-tools.sh).
+AZAION_TOOLS_DIR (binary cache, see hack/build-tools.sh), AZAION_NODE_IMAGE_STORE (the real
+node's containerd image store, default ~/.cache/azaion/node-containerd).
 """
 
 from __future__ import annotations
@@ -36,9 +45,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import realnode
+
 HACK_DIR = Path(__file__).resolve().parent
 REPO_DIR = HACK_DIR.parent
 STATE_DIR = Path(os.environ.get("AZAION_CLUSTER_DIR", REPO_DIR / ".state" / "cluster")).resolve()
+NODE_IMAGE_STORE = Path(
+    os.environ.get("AZAION_NODE_IMAGE_STORE", Path.home() / ".cache" / "azaion" / "node-containerd")
+).resolve()
 PORT_BASE = int(os.environ.get("AZAION_CLUSTER_PORT_BASE", "26400"))
 NODE_NAME = "azaion-gpu-0"
 STORAGE_CLASS = "local"
@@ -56,6 +70,10 @@ class Ports:
     controller_manager: int = PORT_BASE + 57
     scheduler: int = PORT_BASE + 59
     kwok: int = PORT_BASE + 80
+    kubelet: int = PORT_BASE + 50
+    kubelet_healthz: int = PORT_BASE + 48
+    proxy_metrics: int = PORT_BASE + 49
+    proxy_healthz: int = PORT_BASE + 47
 
     def named(self) -> dict[str, int]:
         return {
@@ -67,9 +85,13 @@ class Ports:
             "kwok": self.kwok,
         }
 
+    def node(self) -> realnode.NodePorts:
+        return realnode.NodePorts(self.kubelet, self.kubelet_healthz, self.proxy_metrics, self.proxy_healthz)
+
 
 PORTS = Ports()
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+NODE_COMPONENTS = ["containerd", "kubelet", "kube-proxy"]
 
 
 def log(message: str) -> None:
@@ -79,9 +101,10 @@ def log(message: str) -> None:
 # --- tools ---------------------------------------------------------------------------
 
 
-def build_tools() -> Path:
+def build_tools(real_node: bool = False) -> Path:
     """Build (or find in the cache) the binaries; returns the bin directory."""
-    result = subprocess.run([str(HACK_DIR / "build-tools.sh")], stdout=subprocess.PIPE, text=True, check=False)
+    argv = [str(HACK_DIR / "build-tools.sh"), "node" if real_node else "all"]
+    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
         raise ClusterError("building the control-plane tools failed (see the messages above)")
     return Path(result.stdout.strip().splitlines()[-1])
@@ -132,7 +155,7 @@ def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
-def make_pki(pki: Path) -> str:
+def make_pki(pki: Path, host_address: str | None) -> str:
     """CA, serving certificate, service-account key pair and an admin token."""
     pki.mkdir(parents=True, exist_ok=True)
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
@@ -143,6 +166,8 @@ def make_pki(pki: Path) -> str:
         "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,"
         "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
     )
+    if host_address:
+        sans += f",IP:{host_address}"
     (pki / "san.ext").write_text(sans + "\n")
     openssl("x509", "-req", "-in", str(pki / "apiserver.csr"), "-CA", str(pki / "ca.crt"),
             "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "3650",
@@ -215,8 +240,8 @@ def wait_for(check, what: str, timeout: float, component: str | None = None) -> 
                 return
         except OSError:
             pass
-        if component and not component_alive(component):
-            raise ClusterError(f"{component} exited during start-up; see {log_path(component)}")
+        if component and exited(component):
+            raise ClusterError(f"{component} exited during start-up; see {log_path(component)}:\n{log_tail(component)}")
         time.sleep(0.2)
     hint = f"; see {log_path(component)}" if component else ""
     raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}{hint}")
@@ -234,9 +259,28 @@ def log_path(component: str) -> Path:
     return STATE_DIR / "logs" / f"{component}.log"
 
 
+def log_tail(component: str, lines: int = 15) -> str:
+    try:
+        return "\n".join(log_path(component).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def component_alive(component: str) -> bool:
     pid = read_state().get("pids", {}).get(component)
     return bool(pid) and pid_is_ours(pid)
+
+
+# The processes this invocation started. Right after a fork the kernel may show an
+# empty /proc/PID/cmdline for a moment (the new program's arguments are not mapped
+# yet), so start-up checks ask the handle, not the command line.
+STARTED: dict[str, subprocess.Popen] = {}
+
+
+def exited(component: str) -> bool:
+    if component in STARTED:
+        return STARTED[component].poll() is not None
+    return not component_alive(component)
 
 
 def start(component: str, argv: list[str]) -> None:
@@ -245,30 +289,58 @@ def start(component: str, argv: list[str]) -> None:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
+    STARTED[component] = proc
     state = read_state()
     state.setdefault("pids", {})[component] = proc.pid
     write_state(state)
 
 
+def stop_component(component: str) -> bool:
+    """SIGTERM, then SIGKILL after 15 s, if the recorded pid is still ours; True when it ran."""
+    pid = read_state().get("pids", {}).get(component)
+    if not pid or not pid_is_ours(pid):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + 15
+    while pid_is_ours(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid_is_ours(pid):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
 def stop_all() -> list[str]:
-    """Stop every recorded component that is still ours; returns what was stopped."""
-    pids = read_state().get("pids", {})
+    """Stop the real node (if any) and every recorded component still ours; returns what was stopped."""
     stopped = []
+    state = read_state()
+    if state.get("real_node") and state.get("bin_dir"):
+        stopped += real_node(Path(state["bin_dir"])).stop()
     for component in reversed(COMPONENTS):
-        pid = pids.get(component)
-        if not pid or not pid_is_ours(pid):
-            continue
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 15
-        while pid_is_ours(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid_is_ours(pid):
-            os.kill(pid, signal.SIGKILL)
-        stopped.append(f"{component} (pid {pid})")
+        if stop_component(component):
+            stopped.append(component)
     return stopped
+
+
+def node_paths() -> realnode.NodePaths:
+    return realnode.NodePaths(STATE_DIR, NODE_IMAGE_STORE)
+
+
+def real_node(bin_dir: Path) -> realnode.RealNode:
+    return realnode.RealNode(
+        paths=node_paths(),
+        ports=PORTS.node(),
+        bin_dir=bin_dir,
+        ca=STATE_DIR / "pki" / "ca.crt",
+        ca_key=STATE_DIR / "pki" / "ca.key",
+        api_port=PORTS.apiserver,
+        start_process=start,
+        alive=component_alive,
+        stop_process=stop_component,
+        log=log,
+    )
 
 
 def advertise_address_args() -> list[str]:
@@ -285,19 +357,25 @@ def advertise_address_args() -> list[str]:
     raise ClusterError("no default route and no non-loopback address for kube-apiserver to advertise")
 
 
-def start_plane(bin_dir: Path, gpus: int, pvs: int) -> None:
-    for name, port in PORTS.named().items():
+def start_plane(bin_dir: Path, gpus: int, pvs: int, host: str | None) -> None:
+    """The control plane; with ``host`` (the host address) also the real node."""
+    ports = PORTS.named()
+    if host:
+        ports |= {"kubelet": PORTS.kubelet, "kubelet healthz": PORTS.kubelet_healthz,
+                  "kube-proxy metrics": PORTS.proxy_metrics, "kube-proxy healthz": PORTS.proxy_healthz}  # fmt: skip
+    for name, port in ports.items():
         if port_in_use(port):
             raise ClusterError(
                 f"port {port} ({name}) is in use by another process; stop it, or choose other "
                 f"ports with AZAION_CLUSTER_PORT_BASE (now {PORT_BASE})"
             )
-    if STATE_DIR.exists():
-        shutil.rmtree(STATE_DIR)
+    remove_state_dir()
     STATE_DIR.mkdir(parents=True)
     pki = STATE_DIR / "pki"
-    token = make_pki(pki)
-    write_state({"token": token, "pids": {}, "gpus": gpus})
+    token = make_pki(pki, host)
+    write_state({"token": token, "pids": {}, "gpus": gpus, "bin_dir": str(bin_dir), "real_node": bool(host),
+                 "host_address": host})  # fmt: skip
+    node = real_node(bin_dir) if host else None
     kubeconfig = kubeconfig_path()
     write_kubeconfig(kubeconfig, token)
 
@@ -314,7 +392,7 @@ def start_plane(bin_dir: Path, gpus: int, pvs: int) -> None:
     start("kube-apiserver", [
         str(bin_dir / "kube-apiserver"),
         f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1", f"--secure-port={PORTS.apiserver}",
+        f"--secure-port={PORTS.apiserver}",
         f"--cert-dir={STATE_DIR / 'apiserver-certs'}",
         f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
@@ -323,11 +401,12 @@ def start_plane(bin_dir: Path, gpus: int, pvs: int) -> None:
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         "--authorization-mode=Node,RBAC",
-        "--service-cluster-ip-range=10.96.0.0/16",
+        f"--service-cluster-ip-range={realnode.SERVICE_CIDR}",
         "--allow-privileged=true",
         "--enable-admission-plugins=NodeRestriction,DefaultStorageClass,RuntimeClass,PodSecurity",
         "--event-ttl=1h",
-        *advertise_address_args(),
+        *(api_server_node_args(node, host) if node and host else ["--bind-address=127.0.0.1",
+                                                                  *advertise_address_args()]),
     ])  # fmt: skip
     wait_for(lambda: api_ready(token), "kube-apiserver /readyz", 90, "kube-apiserver")
     log(f"kube-apiserver ready after {time.monotonic() - started:.1f}s")
@@ -353,18 +432,58 @@ def start_plane(bin_dir: Path, gpus: int, pvs: int) -> None:
         "--node-lease-duration-seconds=40",
     ])  # fmt: skip
 
-    bootstrap(bin_dir, gpus, pvs)
+    bootstrap(bin_dir, gpus, pvs, workload_owned=bool(host))
     wait_for(lambda: service_account_ready(token), "the default ServiceAccount", 60, "kube-controller-manager")
     wait_for(lambda: node_ready(token), f"node {NODE_NAME} to be Ready", 60, "kwok")
+    if node and host:
+        try:
+            node.start(host)
+        except realnode.NodeError as error:
+            raise ClusterError(str(error)) from error
+        wait_for(lambda: node_ready(token, realnode.NODE_NAME), f"node {realnode.NODE_NAME} to be Ready", 90,
+                 "kubelet")  # fmt: skip
+        advertise_gpus(bin_dir, realnode.NODE_NAME, gpus)
     log(f"control plane ready after {time.monotonic() - started:.1f}s")
+
+
+def api_server_node_args(node: realnode.RealNode, host: str) -> list[str]:
+    """Pods reach the API server at the host address; it reaches the kubelet by the node's IP."""
+    cert, key = node.api_server_kubelet_client()
+    return [
+        # Every address, so the kubernetes Service's endpoint (host:port) answers as well as loopback.
+        "--bind-address=0.0.0.0",
+        f"--advertise-address={host}",
+        "--kubelet-preferred-address-types=InternalIP",
+        f"--kubelet-client-certificate={cert}",
+        f"--kubelet-client-key={key}",
+    ]
+
+
+def advertise_gpus(bin_dir: Path, node: str, gpus: int) -> None:
+    """A fake ``nvidia.com/gpu`` count on the real node (no device plugin: the pods run on CPU)."""
+    patch = json.dumps({"status": {"capacity": {"nvidia.com/gpu": str(gpus)}}})
+    subprocess.run(
+        [str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig_path()}", "patch", "node", node,
+         "--subresource=status", "--type=merge", "-p", patch],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def remove_state_dir() -> None:
+    """The state directory, after whatever a crashed real node left mounted under it."""
+    if not STATE_DIR.exists():
+        return
+    if os.geteuid() == 0:
+        realnode.unmount_under(STATE_DIR)
+    shutil.rmtree(STATE_DIR)
 
 
 def service_account_ready(token: str) -> bool:
     return api_get("/api/v1/namespaces/default/serviceaccounts/default", token)[0] == 200
 
 
-def node_ready(token: str) -> bool:
-    status, body = api_get(f"/api/v1/nodes/{NODE_NAME}", token)
+def node_ready(token: str, name: str = NODE_NAME) -> bool:
+    status, body = api_get(f"/api/v1/nodes/{name}", token)
     if status != 200:
         return False
     conditions = json.loads(body).get("status", {}).get("conditions", [])
@@ -374,7 +493,7 @@ def node_ready(token: str) -> bool:
 # --- the fake GPU machine ---------------------------------------------------------------
 
 
-def bootstrap_manifest(gpus: int, pvs: int) -> str:
+def bootstrap_manifest(gpus: int, pvs: int, workload_owned: bool = False) -> str:
     """A node shaped like the target GPU server, its runtime class and storage."""
     documents = [
         {
@@ -414,6 +533,8 @@ def bootstrap_manifest(gpus: int, pvs: int) -> str:
     for index in range(pvs):
         path = STATE_DIR / "volumes" / f"pv-{index:03d}"
         path.mkdir(parents=True, exist_ok=True)
+        if workload_owned:  # real pods run as the images' uid and write here
+            os.chown(path, realnode.WORKLOAD_UID, realnode.WORKLOAD_UID)
         documents.append(
             {
                 "apiVersion": "v1",
@@ -431,11 +552,11 @@ def bootstrap_manifest(gpus: int, pvs: int) -> str:
     return "\n---\n".join(json.dumps(document) for document in documents)
 
 
-def bootstrap(bin_dir: Path, gpus: int, pvs: int) -> None:
+def bootstrap(bin_dir: Path, gpus: int, pvs: int, workload_owned: bool = False) -> None:
     subprocess.run(
         [str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig_path()}", "apply", "--server-side",
          "--force-conflicts", "-f", "-"],
-        input=bootstrap_manifest(gpus, pvs), text=True, check=True, capture_output=True,
+        input=bootstrap_manifest(gpus, pvs, workload_owned), text=True, check=True, capture_output=True,
     )  # fmt: skip
 
 
@@ -458,6 +579,8 @@ def recycle_released_volumes(bin_dir: Path) -> int:
         if STATE_DIR in path.parents:
             shutil.rmtree(path, ignore_errors=True)
             path.mkdir(parents=True, exist_ok=True)
+            if read_state().get("real_node"):
+                os.chown(path, realnode.WORKLOAD_UID, realnode.WORKLOAD_UID)
         subprocess.run(
             [*kubectl, "patch", "pv", pv["metadata"]["name"], "--type=json",
              "-p", '[{"op":"remove","path":"/spec/claimRef"}]'],
@@ -470,26 +593,36 @@ def recycle_released_volumes(bin_dir: Path) -> int:
 # --- commands -------------------------------------------------------------------------
 
 
+def components(state: dict) -> list[str]:
+    return COMPONENTS + (NODE_COMPONENTS if state.get("real_node") else [])
+
+
 def healthy() -> bool:
     state = read_state()
     token = state.get("token")
-    return bool(token) and all(component_alive(c) for c in COMPONENTS) and api_ready(token)
+    return bool(token) and all(component_alive(c) for c in components(state)) and api_ready(token)
 
 
 def cmd_up(args: argparse.Namespace) -> None:
     started = time.monotonic()
-    bin_dir = build_tools()
-    if healthy() and read_state().get("gpus") == args.gpus:
+    host = None
+    if args.real_node:
+        problems = realnode.missing_prerequisites()
+        if problems:
+            raise ClusterError("the real node needs: " + "; ".join(problems))
+        host = realnode.host_address()
+    bin_dir = build_tools(real_node=args.real_node)
+    state = read_state()
+    # A plane with a real node serves callers that do not need one too.
+    reusable = state.get("gpus") == args.gpus and (state.get("real_node") or not args.real_node)
+    if reusable and healthy():
         recycled = recycle_released_volumes(bin_dir)
         log(f"reusing the running control plane ({recycled} volumes recycled, {time.monotonic() - started:.1f}s)")
     else:
         stopped = stop_all()
         if stopped:
-            log("stopped an unhealthy or differently sized plane: " + ", ".join(stopped))
-        start_plane(bin_dir, args.gpus, args.pvs)
-    state = read_state()
-    state["bin_dir"] = str(bin_dir)
-    write_state(state)
+            log("stopped an unhealthy or different plane: " + ", ".join(stopped))
+        start_plane(bin_dir, args.gpus, args.pvs, host)
     print(kubeconfig_path())
 
 
@@ -497,7 +630,7 @@ def cmd_down(_: argparse.Namespace) -> None:
     stopped = stop_all()
     log("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     if STATE_DIR.exists():
-        shutil.rmtree(STATE_DIR)
+        remove_state_dir()
         log(f"removed {STATE_DIR}")
 
 
@@ -508,11 +641,34 @@ def cmd_env(_: argparse.Namespace) -> None:
     print(f"export KUBECONFIG={kubeconfig_path()}")
     if state.get("bin_dir"):
         print(f"export PATH={state['bin_dir']}:$PATH")
+    if state.get("real_node"):
+        print(f"export AZAION_HOST_ADDRESS={state['host_address']}")
+        print(f"export AZAION_CONTAINERD_SOCK={node_paths().containerd_socket}")
+
+
+def cmd_load_image(args: argparse.Namespace) -> None:
+    """Images from hack/images.sh's Docker daemon into the real node's containerd."""
+    state = read_state()
+    if not state.get("real_node"):
+        raise ClusterError("no real node here; run: hack/cluster.sh up --real-node")
+    socket = node_paths().containerd_socket
+    for ref in args.refs:
+        started = time.monotonic()
+        name, _, tag = ref.removeprefix("azaion.local/").partition(":")
+        if not ref.startswith("azaion.local/") or not tag:
+            raise ClusterError(f"{ref}: only images of hack/images.sh (azaion.local/NAME:TAG) can be loaded")
+        result = subprocess.run(
+            [str(HACK_DIR / "images.sh"), "load-containerd", str(socket), name],
+            env={**os.environ, "AZAION_IMAGE_TAG": tag}, capture_output=True, text=True,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise ClusterError(f"loading {ref} failed:\n{result.stderr[-3000:]}")
+        log(f"{ref}: {result.stdout.strip()} ({time.monotonic() - started:.1f}s)")
 
 
 def cmd_status(_: argparse.Namespace) -> None:
     state = read_state()
-    for component in COMPONENTS:
+    for component in components(state):
         pid = state.get("pids", {}).get(component)
         print(f"{component:<24} {'running' if component_alive(component) else 'stopped'}  pid={pid}")
     token = state.get("token")
@@ -525,7 +681,16 @@ def main() -> int:
     up = commands.add_parser("up", help="start or reuse the control plane")
     up.add_argument("--gpus", type=int, default=int(os.environ.get("AZAION_CLUSTER_GPUS", "1")))
     up.add_argument("--pvs", type=int, default=40, help="hostPath PersistentVolumes to create")
+    up.add_argument(
+        "--real-node",
+        action="store_true",
+        default=os.environ.get("AZAION_REAL_NODE") == "1",
+        help="also a node that runs containers (kubelet, containerd, runc; Linux, root)",
+    )
     up.set_defaults(run=cmd_up)
+    load = commands.add_parser("load-image", help="images of hack/images.sh into the real node")
+    load.add_argument("refs", nargs="+", metavar="REF")
+    load.set_defaults(run=cmd_load_image)
     commands.add_parser("down").set_defaults(run=cmd_down)
     commands.add_parser("env").set_defaults(run=cmd_env)
     commands.add_parser("status").set_defaults(run=cmd_status)

@@ -28,11 +28,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 python="${PYTHON:-python3}"
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+# The virtualenv is the lock (requirements/dev.txt: every package at an exact
+# version, hashes checked), so the tests run what the images install.
+stamp=".venv/.installed-$(cat pyproject.toml requirements/dev.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || "$python" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[operator,queue,training,dev]'
+  .venv/bin/pip install -q --require-hashes --no-deps -r requirements/dev.txt
+  .venv/bin/pip install -q --no-deps --no-build-isolation -e .
+  .venv/bin/pip check
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

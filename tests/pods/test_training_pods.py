@@ -47,7 +47,7 @@ def training_run(name: str, epochs: int, bucket: str | None, s3: S3Server | None
         "model": "yolo26n.yaml",
         "storage": {"claimName": "azaion-data"},
         "training": {"epochs": epochs, "imgsz": 64, "batch": 8, "workers": 0},
-        "resources": {"gpus": 1, "cpu": "2", "memory": "3Gi", "shmSize": "256Mi", **PLACEMENT},
+        "resources": {"gpus": 1, "memory": "3Gi", "shmSize": "256Mi", **PLACEMENT},
         "export": {"onnx": {"imgsz": 64, "batch": 1}},
         "failurePolicy": {"backoffSeconds": 0},
         "terminationGracePeriodSeconds": 60,
