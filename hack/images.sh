@@ -29,6 +29,8 @@
 #   AZAION_WHEELS_PORT   its loopback port (8765)
 #   AZAION_WHEELHOUSE    0: no wheelhouse, pip in the builds uses PyPI
 #   AZAION_IMAGE_TAG     the tag (dev)
+#   AZAION_IMAGE_REVISION  the image's revision label (build argument REVISION);
+#                        another revision is another image digest, same layers
 #   AZAION_DEBIAN_MIRROR, AZAION_DEBIAN_SECURITY_MIRROR  apt sources of the base
 #   AZAION_HOST_CA       the CA bundle pip trusts in the base
 #                        (/etc/ssl/certs/ca-certificates.crt)
@@ -41,6 +43,7 @@ wheels="${AZAION_WHEELS_DIR:-$HOME/.cache/azaion/wheels}"
 port="${AZAION_WHEELS_PORT:-8765}"
 wheelhouse="${AZAION_WHEELHOUSE:-1}"
 tag="${AZAION_IMAGE_TAG:-dev}"
+revision="${AZAION_IMAGE_REVISION:-unknown}"
 mirror="${AZAION_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 security_mirror="${AZAION_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 host_ca="${AZAION_HOST_CA:-/etc/ssl/certs/ca-certificates.crt}"
@@ -250,6 +253,7 @@ inputs() {
   local name="$1"
   {
     image_id "$base_image"
+    [ "$revision" = unknown ] || echo "revision=$revision"
     sha256sum "Dockerfile.$name" "requirements/$name.txt" .dockerignore pyproject.toml README.md
     find operator workloads -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 \
       | sort -z | xargs -0 sha256sum
@@ -288,7 +292,7 @@ build() {
     log "building $ref (log: $dir/logs/build-$name.log)"
     start=$SECONDS
     if ! docker build --network host -f "Dockerfile.$name" \
-      --build-arg "PYTHON_IMAGE=$base_image" \
+      --build-arg "PYTHON_IMAGE=$base_image" --build-arg "REVISION=$revision" \
       --label "azaion.local.inputs=$key" -t "$ref" . >"$dir/logs/build-$name.log" 2>&1; then
       tail -n 40 "$dir/logs/build-$name.log" >&2
       die "$name failed (log: $dir/logs/build-$name.log)"

@@ -35,9 +35,10 @@ trap cleanup EXIT
 
 step "building images ($tag)"
 for image in operator queue training; do
-  docker build -q -f "Dockerfile.$image" -t "$registry/$image:$tag" \
-    --build-arg "REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)" .
+  docker build -q -f "Dockerfile.$image" -t "$registry/$image:$tag" .
 done
+# The same consumer image with another revision label: another digest, for the upgrade test.
+docker build -q -f Dockerfile.queue --build-arg REVISION=rebuilt -t "$registry/queue:$tag-rebuilt" .
 
 step "kind cluster $cluster"
 if ! kind get clusters 2>/dev/null | grep -qx "$cluster"; then
@@ -46,8 +47,8 @@ fi
 kubeconfig="$(mktemp)"
 kind get kubeconfig --name "$cluster" >"$kubeconfig"
 export KUBECONFIG="$kubeconfig"
-for image in operator queue training; do
-  kind load docker-image --name "$cluster" "$registry/$image:$tag"
+for ref in "$registry/operator:$tag" "$registry/queue:$tag" "$registry/training:$tag" "$registry/queue:$tag-rebuilt"; do
+  kind load docker-image --name "$cluster" "$ref"
 done
 
 step "a fake GPU on the node, RuntimeClass nvidia (handler runc), the real-node label"

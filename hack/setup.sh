@@ -2,8 +2,11 @@
 # Installs what the tests need, idempotently: system packages (when root and
 # missing), the Python virtualenv with every extra, and the Go-built tools.
 # Safe to run again: each step is skipped when already done.
-#   hack/setup.sh          everything (what the tests need)
+#   hack/setup.sh          everything the main test suite needs
 #   hack/setup.sh python   only the virtualenv (what a local training run needs)
+#   hack/setup.sh node     also what the real node and the images need (hack/test-pods.sh,
+#                          hack/up.sh): Docker Engine, containerd, runc, CNI plugins,
+#                          debootstrap, iptables, and the kubelet, kube-proxy, pause, crictl
 set -euo pipefail
 only="${1:-all}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,6 +19,14 @@ command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || mis
 command -v ip >/dev/null || missing+=(iproute2)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 }
+if [ "$only" = node ]; then
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v containerd >/dev/null || missing+=(containerd)
+  command -v runc >/dev/null || missing+=(runc)
+  [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v iptables >/dev/null || missing+=(iptables)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing system packages: ${missing[*]}" >&2
@@ -41,4 +52,8 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-[ "$only" = python ] || hack/build-tools.sh >/dev/null
+case "$only" in
+  python) ;;
+  node) hack/build-tools.sh node >/dev/null ;;
+  *) hack/build-tools.sh >/dev/null ;;
+esac

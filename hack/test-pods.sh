@@ -16,8 +16,7 @@ cd "$repo"
 case " $* " in
   *" --kubeconfig"*) [ -x .venv/bin/pytest ] || { echo "error: no .venv; run hack/setup.sh python" >&2; exit 2; } ;;
   *)
-    hack/setup.sh
-    hack/build-tools.sh node >/dev/null
+    hack/setup.sh node
     ;;
 esac
 export AZAION_REAL_PODS=1 AZAION_REAL_NODE=1

@@ -134,6 +134,26 @@ def images(cluster: Cluster, request: pytest.FixtureRequest) -> Images:
     return built
 
 
+@pytest.fixture(scope="session")
+def rebuilt_queue_image(cluster: Cluster, images: Images) -> str:
+    """The queue image built again with another revision label: the same layers, another digest.
+
+    With ``--kubeconfig`` it must be loaded already, tagged ``<tag>-rebuilt``
+    (``hack/kind-e2e.sh`` does).
+    """
+    tag = f"{images.tag}-rebuilt"
+    if cluster.bin_dir is None:
+        return images.ref("queue", tag)
+    env = {**os.environ, "AZAION_IMAGE_TAG": tag, "AZAION_IMAGE_REVISION": "rebuilt"}
+    result = subprocess.run(
+        [str(REPO / "hack" / "images.sh"), "build", "queue"], env=env, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.fail(f"rebuilding the queue image failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    load_image(images.ref("queue", tag))
+    return images.ref("queue", tag)
+
+
 def load_image(ref: str) -> None:
     result = subprocess.run([str(REPO / "hack" / "cluster.sh"), "load-image", ref], capture_output=True, text=True)
     if result.returncode != 0:

@@ -157,3 +157,31 @@ def kill_container(cluster: Cluster, pod: client.V1Pod, container: str = TRAINER
 def evict(api_client: Any, namespace: str, pod: str) -> None:
     body = client.V1Eviction(metadata=client.V1ObjectMeta(name=pod, namespace=namespace))
     client.CoreV1Api(api_client).create_namespaced_pod_eviction(pod, namespace, body)
+
+
+def start_consumer(api_client: Any, namespace: str, endpoint: Any, stream: str, claim: str, name: str) -> None:
+    """An AnnotationConsumer of ``stream`` (which must exist), its credentials in a Secret, on the real node."""
+    client.CoreV1Api(api_client).create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=f"{name}-rabbitmq"),
+            string_data={"username": endpoint.user, "password": endpoint.password},
+        ),
+    )
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "AnnotationConsumer",
+        "metadata": {"name": name},
+        "spec": {
+            "rabbitmq": {
+                "host": endpoint.host,
+                "port": endpoint.port,
+                "stream": stream,
+                "credentialsSecretRef": {"name": f"{name}-rabbitmq"},
+            },
+            "dataVolume": {"claimName": claim},
+            "offsetCommit": {"everyMessages": 10, "intervalMilliseconds": 200},
+            "resources": PLACEMENT,
+        },
+    }
+    custom(api_client).create_namespaced_custom_object(GROUP, VERSION, namespace, "annotationconsumers", body)

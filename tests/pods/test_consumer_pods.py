@@ -26,8 +26,8 @@ from tests.fixtures.rabbitmq import (
     expected_tree,
     publish,
 )
-from tests.pods.conftest import PLACEMENT, Images
-from tests.pods.pods import GROUP, VERSION, custom
+from tests.pods.conftest import Images
+from tests.pods.pods import GROUP, VERSION, custom, start_consumer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator")]
 
@@ -71,30 +71,7 @@ def test_a_consumer_pod_ingests_rides_out_a_broker_outage_and_resumes_after_dele
     endpoint = pod_rabbitmq.endpoint
     stream = f"e2e-{namespace[-6:]}"
     asyncio.run(create_stream(endpoint, stream))
-    client.CoreV1Api(api_client).create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="rabbitmq"),
-            string_data={"username": endpoint.user, "password": endpoint.password},
-        ),
-    )
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "AnnotationConsumer",
-        "metadata": {"name": "annotations"},
-        "spec": {
-            "rabbitmq": {
-                "host": endpoint.host,
-                "port": endpoint.port,
-                "stream": stream,
-                "credentialsSecretRef": {"name": "rabbitmq"},
-            },
-            "dataVolume": {"claimName": data_claim},
-            "offsetCommit": {"everyMessages": 10, "intervalMilliseconds": 200},
-            "resources": PLACEMENT,
-        },
-    }
-    custom(api_client).create_namespaced_custom_object(GROUP, VERSION, namespace, "annotationconsumers", body)
+    start_consumer(api_client, namespace, endpoint, stream, data_claim, "annotations")
     steps = build_scenario(seed=11, count=60, malformed_every=15)
 
     def wait_offset(offset: int, what: str) -> None:
