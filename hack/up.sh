@@ -65,6 +65,16 @@ preflight() {
     || die "Go 1.24 or newer is needed to build the Kubernetes binaries (https://go.dev/dl/)"
 }
 
+# The server script itself: Debian's /usr/sbin wrapper switches to the rabbitmq
+# user, who may not write our state directory.
+rabbitmq_server() {
+  local candidate
+  for candidate in /usr/lib/rabbitmq/bin/rabbitmq-server "$(command -v rabbitmq-server || true)"; do
+    [ -x "$candidate" ] && { echo "$candidate"; return; }
+  done
+  die "rabbitmq-server is missing (apt-get install rabbitmq-server)"
+}
+
 # A RabbitMQ node of our own with the stream plugin, listening where pods reach it.
 start_rabbitmq() {
   local host="$1" base="$state/rabbitmq"
@@ -92,7 +102,7 @@ EOF
     RABBITMQ_LOG_BASE="$base/log" RABBITMQ_PID_FILE="$base/rabbitmq.pid" \
     RABBITMQ_PLUGINS_EXPAND_DIR="$base/plugins-expand" RABBITMQ_FEATURE_FLAGS_FILE="$base/feature_flags" \
     RABBITMQ_DIST_PORT="$dist_port" ERL_EPMD_PORT="$epmd_port" RABBITMQ_ALLOW_INPUT="" \
-    rabbitmq-server >"$state/rabbitmq.log" 2>&1 </dev/null &
+    "$(rabbitmq_server)" >"$state/rabbitmq.log" 2>&1 </dev/null &
   echo $! >"$state/rabbitmq.pid"
 }
 
@@ -227,7 +237,7 @@ EOF
   say "up in $((SECONDS - started))s; following the TrainingRun (Ctrl-C leaves everything running)"
   echo "    eval \"\$(hack/cluster.sh env)\"; kubectl -n $namespace get tr,ac,pods   # hack/up.sh down stops it all" >&2
   kubectl -n "$namespace" get tr -w &
-  local watcher=$!
+  watcher=$!
   trap 'kill $watcher 2>/dev/null || true' EXIT
   while :; do
     phase="$(kubectl -n "$namespace" get tr local-tiny -o jsonpath='{.status.phase}' 2>/dev/null || true)"

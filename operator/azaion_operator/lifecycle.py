@@ -250,6 +250,9 @@ def _while_running(
         b.set_phase(Phase.PENDING, problem[0], problem[1], "Warning")
     elif any((p.get("status") or {}).get("phase") == "Running" and not is_disrupted(p) for p in pods):
         b.set_phase(Phase.RUNNING, "TrainerRunning", f"attempt {attempts} is running")
+    elif any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods):
+        # The trainer exited 0 and its Job has not said Complete yet: finishing, not starting over.
+        b.set_phase(Phase.RUNNING, "TrainerFinished", f"attempt {attempts} finished; its Job is completing")
     else:
         b.set_phase(Phase.PENDING, "AttemptStarting", f"attempt {attempts} is starting")
     return b.finish()

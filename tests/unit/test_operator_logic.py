@@ -117,6 +117,15 @@ def test_retryable_failure_schedules_a_backed_off_retry():
     assert replay.create_attempt is None
 
 
+def test_a_trainer_that_exited_zero_before_its_job_completes_stays_running_not_pending():
+    finished = {"metadata": {"name": "run-a1-x"}, "status": {"phase": "Succeeded"}}
+    decision = decide(META, spec(), RUNNING_STATUS, job(), [finished], NOW, "img")
+    assert decision.status["phase"] == "Running"
+    assert decision.create_attempt is None and decision.status["failures"] == 0
+    ready = next(c for c in decision.status["conditions"] if c["type"] == "Progressing")
+    assert ready["reason"] == "TrainerFinished"
+
+
 def test_retry_after_backoff_keeps_the_recorded_image():
     status = {
         **RUNNING_STATUS,
