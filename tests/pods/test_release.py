@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -49,6 +50,8 @@ def test_the_operator_pod_runs_its_image_restricted_and_stays_live(api_client, r
 
 
 def test_helm_test_passes_against_the_running_operator(release: Release) -> None:
-    result = release.helm("test", release.name, "-n", release.namespace, "--logs", "--timeout", "3m", check=False)
+    # The test pod is deleted once it succeeds (so uninstall leaves nothing behind):
+    # its own checks decide, and helm reports its phase.
+    result = release.helm("test", release.name, "-n", release.namespace, "--timeout", "3m", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "operator healthy; metrics exported" in result.stdout
+    assert re.search(r"Phase:\s+Succeeded", result.stdout), result.stdout

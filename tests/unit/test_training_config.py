@@ -179,3 +179,15 @@ def test_cli_usage_error_is_permanent() -> None:
     )
     assert result.returncode == contract.EXIT_PERMANENT
     assert "invalid choice" in result.stderr
+
+
+@pytest.mark.parametrize(("visible", "expected"), [(0, "cpu"), (1, "0"), (2, "0,1"), (4, "0,1,2,3")])
+def test_auto_device_trains_on_every_gpu_the_pod_holds(monkeypatch, visible: int, expected: str) -> None:
+    import torch
+
+    from azaion_workloads.training.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: visible > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    assert resolve_device("auto") == expected
+    assert resolve_device("1") == "1", "an explicit device is kept"

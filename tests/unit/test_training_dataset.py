@@ -217,3 +217,20 @@ def test_a_stop_in_the_middle_leaves_nothing_half_formed(tmp_path: Path) -> None
     manifest = _builder(tmp_path).build()
     assert sum(manifest.counts.values()) == 20
     assert not builder.staging.exists()
+
+
+def test_tiff_images_the_consumer_writes_are_formed_not_quarantined(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from azaion_workloads.contract import IMAGE_EXTENSIONS
+    from azaion_workloads.queue import wire
+
+    write_annotations(tmp_path / "data", 9, size=16)
+    for extension in (".tif", ".tiff"):
+        stem = f"scan-{extension[1:]}"
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "data" / "images" / f"{stem}{extension}")
+        (tmp_path / "data" / "labels" / f"{stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    manifest = _builder(tmp_path).build()
+    assert sum(manifest.counts.values()) == 11, "both TIFF annotations are in the dataset"
+    assert manifest.corrupted == 0
+    assert ".tif" in IMAGE_EXTENSIONS and wire.IMAGE_EXTENSIONS is IMAGE_EXTENSIONS

@@ -28,6 +28,10 @@ ANNOTATIONCONSUMER_PLURAL: Final = "annotationconsumers"
 ENV_RESOURCE_NAME: Final = "AZAION_RESOURCE_NAME"
 ENV_RESOURCE_NAMESPACE: Final = "AZAION_RESOURCE_NAMESPACE"
 
+#: Extensions an image file may have on the data volume: what the consumer
+#: writes is what dataset formation takes (ultralytics reads all of them).
+IMAGE_EXTENSIONS: Final[tuple[str, ...]] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
 # The data root and its directory names (original-system.md).
 ENV_ROOT_DIR: Final = "AZAION_ROOT_DIR"
 ENV_DATA_DIR: Final = "AZAION_DATA_DIR"

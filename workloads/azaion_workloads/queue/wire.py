@@ -31,6 +31,7 @@ from pydantic import (
     field_validator,
 )
 
+from azaion_workloads.contract import IMAGE_EXTENSIONS
 from azaion_workloads.layout import UnsafePathError, safe_name
 
 #: The largest body accepted after decompression (a gzip bomb stops here).
@@ -38,8 +39,6 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 STATUS_PROPERTY = "AnnotationStatus"
 
-#: Extensions an image file may have on disk (the message names one).
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: Pillow format names accepted as images. The extension is not required to
 #: match the content: training reads images by content, and refusing a PNG
 #: named .jpg would lose a good annotation.

@@ -33,13 +33,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from azaion_workloads.classes import NUM_CLASS_SLOTS, ClassCatalog
+from azaion_workloads.contract import IMAGE_EXTENSIONS
 from azaion_workloads.fsutil import TEMP_PREFIX, atomic_write_bytes, durable_move, fsync_dir
 from azaion_workloads.layout import DataLayout, UnsafePathError, safe_name
 from azaion_workloads.training.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
 DATA_YAML = "data.yaml"

@@ -54,12 +54,18 @@ def sha256_file(path: Path) -> str:
 
 
 def resolve_device(requested: str) -> str:
-    """``auto`` -> the first CUDA device when there is one, else the CPU."""
+    """``auto`` -> every CUDA device the container sees, else the CPU.
+
+    The device plugin exposes exactly the GPUs the pod holds, so a run with
+    ``resources.gpus: 2`` sees two and trains on both ("0,1": ultralytics runs DDP).
+    """
     if requested != "auto":
         return requested
     import torch
 
-    return "0" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    return ",".join(str(index) for index in range(max(torch.cuda.device_count(), 1)))
 
 
 class _Callbacks:
