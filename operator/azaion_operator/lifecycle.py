@@ -38,6 +38,9 @@ class Decision:
     delete_jobs: list[str] = field(default_factory=list)
     delete_all_jobs: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    #: Reasons of the attempts this decision closed as failed: the failure metric's
+    #: increments (a disruption or a retry notice is never one).
+    failed_attempts: list[str] = field(default_factory=list)
 
     @property
     def frees_gpus(self) -> bool:
@@ -114,6 +117,7 @@ class _Builder:
             }
             self.history.append(entry)
         if outcome is not None:
+            was_open = entry.get("outcome") == "Running"
             entry.update(
                 outcome=kind or _HISTORY_OUTCOME.get(outcome.kind, outcome.kind),
                 reason=outcome.reason,
@@ -122,6 +126,8 @@ class _Builder:
             )
             if outcome.exit_code is not None:
                 entry["exitCode"] = outcome.exit_code
+            if was_open and entry["outcome"] == "Failed":
+                self.decision.failed_attempts.append(outcome.reason)
 
     def finish(self) -> Decision:
         status = self.decision.status

@@ -126,6 +126,24 @@ def test_a_trainer_that_exited_zero_before_its_job_completes_stays_running_not_p
     assert ready["reason"] == "TrainerFinished"
 
 
+def test_only_failed_attempts_count_as_failures_for_the_metric():
+    failed = decide(META, spec(), RUNNING_STATUS, job(failed_reason="BackoffLimitExceeded"), [failed_pod(1)], NOW, "i")
+    assert len(failed.failed_attempts) == 1
+    replay = decide(
+        META, spec(), {**RUNNING_STATUS, **failed.status}, job(failed_reason="x"), [failed_pod(1)], NOW, "i"
+    )
+    assert replay.failed_attempts == [], "a replayed event counts nothing twice"
+
+    evicted = failed_pod(137, "Error")
+    evicted["status"]["conditions"] = [
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}
+    ]
+    disrupted = decide(META, spec(), RUNNING_STATUS, job(failed_reason="BackoffLimitExceeded"), [evicted], NOW, "i")
+    assert disrupted.status["preemptions"] == 1, disrupted.status
+    assert ("Warning", "RetryingAfterDisruption") in [e[:2] for e in disrupted.events], "it still warns"
+    assert disrupted.failed_attempts == [], "a disruption is not a failure"
+
+
 def test_retry_after_backoff_keeps_the_recorded_image():
     status = {
         **RUNNING_STATUS,

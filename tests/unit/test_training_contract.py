@@ -78,3 +78,14 @@ def test_full_spec(tmp_path: Path) -> None:
     assert (settings.s3_bucket, settings.s3_prefix, settings.s3_region) == ("models", "models", "eu-central-1")
     assert settings.s3_endpoint == "https://s3.example"
     assert str(settings.key_file) == contract.ENCRYPTION_KEY_FILE and settings.key_file_explicit
+
+
+def test_the_trainer_is_told_its_own_image_for_the_published_manifest(tmp_path: Path) -> None:
+    spec = models.TrainingRunSpec.model_validate({"model": "yolo26n.yaml", "storage": {"claimName": "data"}})
+    meta = {"name": "run-9", "namespace": "ml", "uid": "u-9", "generation": 1}
+    image = "ghcr.io/azaion/training@sha256:" + "ab" * 32
+    job = trainingjob.build_job(meta, spec, 1, image, config.OperatorConfig())
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == image
+    settings = load_settings({**_as_process_env(container["env"], {}), contract.ENV_ROOT_DIR: str(tmp_path)})
+    assert settings.image == image, "the manifest records the image that trained the model"

@@ -179,7 +179,8 @@ def build_job(
                 "image": image,
                 "imagePullPolicy": config.image_pull_policy,
                 "command": ["azaion-train", "run"],
-                "env": trainer_env(spec, namespace, name, config),
+                # The image, so the published manifest records what trained the model.
+                "env": [*trainer_env(spec, namespace, name, config), env_value("AZAION_IMAGE", image)],
                 "resources": trainer_resources(spec),
                 "securityContext": container_security_context(),
                 "volumeMounts": mounts,

@@ -129,9 +129,8 @@ def _apply(run: dict[str, Any], spec: TrainingRunSpec, decision: Decision) -> No
         kube.delete_jobs(namespace, f"{LABEL_TRAININGRUN}={name}")
     if decision.status:
         kube.patch_status(PLURAL, namespace, name, decision.status)
-    for event_type, reason, _ in decision.events:
-        if event_type == "Warning" and reason not in ("WaitingForGPU",):
-            metrics.FAILURES.labels(reason).inc()
+    for reason in decision.failed_attempts:
+        metrics.FAILURES.labels(reason).inc()
     _post_events(run, decision)
 
 
