@@ -107,6 +107,19 @@ class CrdSource:
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
 
 
+# The resource's name is a label value on every pod it makes (the operator's
+# selectors), and Kubernetes refuses label values over 63 characters: refuse
+# the name at apply time instead of failing the pods later.
+MAX_NAME_LENGTH = 63
+
+
+def name_rule(kind: str) -> dict[str, str]:
+    return {
+        "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+        "message": f"metadata.name: at most {MAX_NAME_LENGTH} characters (a {kind}'s name labels its pods)",
+    }
+
+
 def build_crd(source: CrdSource) -> dict[str, Any]:
     spec = openapi_schema(source.spec_model)
     status = openapi_schema(source.status_model)
@@ -141,6 +154,7 @@ def build_crd(source: CrdSource) -> dict[str, Any]:
                             "type": "object",
                             "description": source.description,
                             "required": ["spec"],
+                            "x-kubernetes-validations": [name_rule(source.kind)],
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "API version of the object."},
                                 "kind": {"type": "string", "description": "Kind of the object."},

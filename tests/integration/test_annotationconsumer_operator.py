@@ -264,6 +264,11 @@ def test_invalid_spec_is_rejected_naming_the_field(api_client, namespace, case, 
     assert_rejected_naming(lambda: create(api_client, namespace, body), field)
 
 
+def test_a_name_too_long_to_label_its_pods_is_refused(api_client, namespace):
+    assert_rejected_naming(lambda: create(api_client, namespace, consumer_body("c" * 64)), "metadata.name")
+    assert not custom(api_client).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+
+
 def test_sample_applies_cleanly(cluster, namespace):
     from tests.fixtures.kube import REPO
 

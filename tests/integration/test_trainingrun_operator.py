@@ -352,6 +352,16 @@ def test_invalid_spec_is_rejected_naming_the_field(api_client, namespace, case, 
     assert missing.value.status == 404
 
 
+def test_a_name_too_long_to_label_its_pods_is_refused_and_63_is_accepted(api_client, namespace):
+    too_long = "r" * 64
+    assert_rejected_naming(lambda: create_run(api_client, namespace, run_body(too_long)), "metadata.name")
+    with pytest.raises(ApiException) as missing:
+        get_run(api_client, namespace, too_long)
+    assert missing.value.status == 404
+    create_run(api_client, namespace, run_body("r" * 63, resources={"gpus": 0}, suspend=True))
+    assert get_run(api_client, namespace, "r" * 63)["metadata"]["name"] == "r" * 63
+
+
 def test_epochs_cannot_change_after_creation(api_client, namespace):
     create_run(api_client, namespace, run_body("fixed", resources={"gpus": 0}, suspend=True))
     with pytest.raises(ApiException) as rejected:
