@@ -66,7 +66,7 @@ def needs_admission(spec: TrainingRunSpec, status: dict[str, Any], job: dict[str
 
 
 # Reasons a Pending run is stuck rather than on its way.
-STUCK_REASONS = {"ImagePullBackOff", "CreateContainerConfigError", "Unschedulable"}
+STUCK_REASONS = {"ImagePullBackOff", "CreateContainerConfigError", "Unschedulable", "ChildRejected"}
 
 
 def _conditions(phase: str, reason: str, message: str, now: str, generation: int) -> list[dict[str, Any]]:
@@ -228,6 +228,26 @@ def decide(
         b.decision.status["startTime"] = timestamp(now)
     b.set_phase(Phase.PENDING, "AttemptStarted", f"attempt {attempt} started (Job {job_name(meta['name'], attempt)})")
     return b.finish()
+
+
+def child_rejected(
+    meta: dict[str, Any], status: dict[str, Any], kind: str, api_message: str, now: datetime
+) -> Decision:
+    """The API server refused an object built from this spec: say so, and wait for the spec to change.
+
+    Retrying cannot help until the spec changes, so the run records the generation
+    that was refused and the operator leaves it alone until ``metadata.generation``
+    moves on; one Warning Event, not one per retry.
+    """
+    b = _Builder(meta, status, now)
+    b.set_phase(
+        Phase.PENDING,
+        "ChildRejected",
+        f"the API server refused the run's {kind}; fix the spec: {api_message}",
+        "Warning",
+    )
+    b.decision.status["rejectedGeneration"] = meta.get("generation", 1)
+    return b.decision
 
 
 def _open_attempt(history: list[dict[str, Any]], attempt: int) -> bool:

@@ -8,6 +8,9 @@ RUNS_BY_PHASE = Gauge("azaion_trainingruns", "TrainingRuns by phase", ["phase"])
 QUEUE_LENGTH = Gauge("azaion_trainingrun_queue_length", "TrainingRuns waiting for GPUs")
 ATTEMPTS = Counter("azaion_trainingrun_attempts_total", "Training Jobs started")
 FAILURES = Counter("azaion_trainingrun_failures_total", "Training attempts that failed", ["reason"])
+CHILD_REJECTIONS = Counter(
+    "azaion_child_rejections_total", "Objects built from a spec that the API server refused", ["resource", "kind"]
+)
 PREEMPTIONS = Counter("azaion_trainingrun_preemptions_total", "Training pods lost to disruptions")
 RECONCILE_ERRORS = Counter("azaion_reconcile_errors_total", "Reconciles that raised", ["kind"])
 RECONCILE_SECONDS = Histogram("azaion_reconcile_duration_seconds", "Time spent per reconcile", ["kind"])

@@ -196,6 +196,38 @@ def test_permanent_exit_code_fails_at_once_without_a_new_job(api_client, namespa
     wait_until(lambda: {"AttemptStarted", "PermanentError"} <= reasons(), 10, "an Event per transition")
 
 
+def test_a_job_the_api_server_refuses_shows_as_a_condition_with_one_event_and_recovers_after_a_fix(
+    api_client, namespace, operator
+):
+    # A negative CPU limit passes the CRD's quantity pattern; only the Job's validation refuses it.
+    create_run(api_client, namespace, run_body("refused", resources={"gpus": 0, "cpu": "-4"}))
+
+    def rejected() -> bool:
+        conditions = status_of(api_client, namespace, "refused").get("conditions") or []
+        return any(c["type"] == "Progressing" and c["reason"] == "ChildRejected" for c in conditions)
+
+    wait_until(rejected, 30, "the ChildRejected condition")
+    status = status_of(api_client, namespace, "refused")
+    progressing = condition(status, "Progressing")
+    assert progressing["status"] == "False" and status["phase"] == "Pending"
+    assert "Job" in progressing["message"] and "cpu" in progressing["message"], progressing["message"]
+    assert not jobs_of(api_client, namespace, "refused")
+
+    def rejections() -> list[Any]:
+        events = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
+        return [e for e in events if e.involved_object.name == "refused" and e.reason == "ChildRejected"]
+
+    time.sleep(4)  # several reconcile intervals: a hot retry would post again and keep failing
+    (event,) = rejections()
+    assert event.type == "Warning" and (event.count or 1) == 1
+
+    # Fixing the spec makes it proceed by itself.
+    patch_spec(api_client, namespace, "refused", {"resources": {"cpu": "1"}})
+    wait_until(lambda: jobs_of(api_client, namespace, "refused"), 30, "the Job after the fix")
+    wait_until(lambda: "rejectedGeneration" not in status_of(api_client, namespace, "refused"), 30, "cleared")
+    assert status_of(api_client, namespace, "refused")["attempts"] == 1
+
+
 def test_oom_is_named_in_the_reason(api_client, namespace, simulated):
     body = run_body(
         "hungry",

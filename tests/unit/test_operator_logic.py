@@ -10,7 +10,7 @@ import pytest
 from azaion_operator import crdgen
 from azaion_operator.builders.trainingjob import build_job, build_trainer_identity
 from azaion_operator.config import OperatorConfig
-from azaion_operator.lifecycle import Admission, decide, needs_admission
+from azaion_operator.lifecycle import Admission, child_rejected, decide, needs_admission
 from azaion_operator.models.trainingrun import TrainingRunSpec
 from azaion_operator.names import job_name
 from azaion_operator.queueing import Waiting, free_gpus, plan
@@ -142,6 +142,17 @@ def test_only_failed_attempts_count_as_failures_for_the_metric():
     assert disrupted.status["preemptions"] == 1, disrupted.status
     assert ("Warning", "RetryingAfterDisruption") in [e[:2] for e in disrupted.events], "it still warns"
     assert disrupted.failed_attempts == [], "a disruption is not a failure"
+
+
+def test_a_refused_child_waits_for_a_new_generation_with_one_warning():
+    refused = child_rejected(META, {}, "Job", 'Job.batch "run-a1" is invalid: cpu must be >= 0', NOW)
+    assert refused.status["phase"] == "Pending" and refused.status["rejectedGeneration"] == META["generation"]
+    progressing = next(c for c in refused.status["conditions"] if c["type"] == "Progressing")
+    assert progressing["status"] == "False" and progressing["reason"] == "ChildRejected"
+    assert "cpu must be >= 0" in progressing["message"]
+    assert [e[:2] for e in refused.events] == [("Warning", "ChildRejected")]
+    again = child_rejected(META, refused.status, "Job", "same", NOW)
+    assert again.events == [], "one Event per cause, not one per try"
 
 
 def test_retry_after_backoff_keeps_the_recorded_image():

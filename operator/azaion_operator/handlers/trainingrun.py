@@ -7,6 +7,7 @@ API server. Admission to the GPU queue is serialised across runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -15,12 +16,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from azaion_operator import kube, metrics
 from azaion_operator.builders.trainingjob import build_job, build_trainer_identity
 from azaion_operator.config import OperatorConfig
 from azaion_operator.handlers import resync
-from azaion_operator.lifecycle import TERMINAL, Admission, Decision, decide, needs_admission, parse_time
+from azaion_operator.lifecycle import (
+    TERMINAL,
+    Admission,
+    Decision,
+    child_rejected,
+    decide,
+    needs_admission,
+    parse_time,
+)
 from azaion_operator.models.trainingrun import PLURAL, Phase, TrainingRunSpec
 from azaion_operator.names import LABEL_TRAININGRUN, job_name
 from azaion_operator.outcomes import is_disrupted
@@ -95,6 +105,8 @@ def _reconcile_locked(namespace: str, name: str) -> Decision | None:
         return None
     spec = TrainingRunSpec.model_validate(run["spec"])
     status = run.get("status") or {}
+    if status.get("rejectedGeneration") == run["metadata"].get("generation"):
+        return None  # refused by the API server; nothing changes until the spec does
     attempts = int(status.get("attempts") or 0)
     job = kube.read_job(namespace, job_name(name, attempts)) if attempts else None
     pods = kube.list_pods(namespace, f"job-name={job_name(name, attempts)}") if job else []
@@ -116,13 +128,22 @@ def _reconcile_locked(namespace: str, name: str) -> Decision | None:
 def _apply(run: dict[str, Any], spec: TrainingRunSpec, decision: Decision) -> None:
     meta = run["metadata"]
     namespace, name = meta["namespace"], meta["name"]
+    status = run.get("status") or {}
     if decision.create_attempt is not None:
-        for obj in build_trainer_identity(meta):
-            kube.create(obj)
-        image = (run.get("status") or {}).get("image") or decision.status.get("image") or CONFIG.training_image
+        image = status.get("image") or decision.status.get("image") or CONFIG.training_image
         job = build_job(meta, spec, decision.create_attempt, image, CONFIG, decision.job_deadline_seconds)
-        if kube.create(job):
+        try:
+            for obj in [*build_trainer_identity(meta), job]:
+                created = kube.create(obj)
+        except ApiException as error:
+            if error.status not in (400, 422):
+                raise
+            _refused(run, obj["kind"], error)
+            return
+        if created:
             metrics.ATTEMPTS.inc()
+        if status.get("rejectedGeneration") is not None:
+            decision.status["rejectedGeneration"] = None  # the changed spec went through
     for job_to_delete in decision.delete_jobs:
         kube.delete_job(namespace, job_to_delete)
     if decision.delete_all_jobs:
@@ -131,6 +152,19 @@ def _apply(run: dict[str, Any], spec: TrainingRunSpec, decision: Decision) -> No
         kube.patch_status(PLURAL, namespace, name, decision.status)
     for reason in decision.failed_attempts:
         metrics.FAILURES.labels(reason).inc()
+    _post_events(run, decision)
+
+
+def _refused(run: dict[str, Any], kind: str, error: ApiException) -> None:
+    """A child the API server will never accept as built: a condition and one Event, no hot retries."""
+    try:
+        api_message = json.loads(error.body or "{}").get("message") or str(error.reason)
+    except ValueError:
+        api_message = str(error.reason)
+    meta = run["metadata"]
+    decision = child_rejected(meta, run.get("status") or {}, kind, api_message, _now())
+    kube.patch_status(PLURAL, meta["namespace"], meta["name"], decision.status)
+    metrics.CHILD_REJECTIONS.labels("TrainingRun", kind).inc()
     _post_events(run, decision)
 
 

@@ -443,6 +443,8 @@ class TrainingRunStatus(ReconciledStatus):
     """When the first attempt started (RFC 3339)."""
     completion_time: str | None = None
     """When the run finished (RFC 3339)."""
+    rejected_generation: int | None = None
+    """The spec generation whose Job the API server refused (condition ChildRejected); cleared by a changed spec."""
     progress: Progress | None = None
     """Training progress (written by the pod)."""
     last_checkpoint: Checkpoint | None = None
