@@ -88,6 +88,14 @@ class Ports:
     def node(self) -> realnode.NodePorts:
         return realnode.NodePorts(self.kubelet, self.kubelet_healthz, self.proxy_metrics, self.proxy_healthz)
 
+    def named_node(self) -> dict[str, int]:
+        return {
+            "kubelet": self.kubelet,
+            "kubelet healthz": self.kubelet_healthz,
+            "kube-proxy metrics": self.proxy_metrics,
+            "kube-proxy healthz": self.proxy_healthz,
+        }
+
 
 PORTS = Ports()
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
@@ -333,12 +341,11 @@ def real_node(bin_dir: Path) -> realnode.RealNode:
         paths=node_paths(),
         ports=PORTS.node(),
         bin_dir=bin_dir,
-        ca=STATE_DIR / "pki" / "ca.crt",
-        ca_key=STATE_DIR / "pki" / "ca.key",
         api_port=PORTS.apiserver,
         start_process=start,
         alive=component_alive,
         stop_process=stop_component,
+        wait_for=wait_for,
         log=log,
     )
 
@@ -359,10 +366,7 @@ def advertise_address_args() -> list[str]:
 
 def start_plane(bin_dir: Path, gpus: int, pvs: int, host: str | None) -> None:
     """The control plane; with ``host`` (the host address) also the real node."""
-    ports = PORTS.named()
-    if host:
-        ports |= {"kubelet": PORTS.kubelet, "kubelet healthz": PORTS.kubelet_healthz,
-                  "kube-proxy metrics": PORTS.proxy_metrics, "kube-proxy healthz": PORTS.proxy_healthz}  # fmt: skip
+    ports = PORTS.named() | (PORTS.named_node() if host else {})
     for name, port in ports.items():
         if port_in_use(port):
             raise ClusterError(

@@ -295,18 +295,27 @@ def oci_archive(binary: bytes, ref: str) -> bytes:
 
 @dataclass
 class RealNode:
-    """Starts and stops the node's processes; ``start_process`` and ``alive`` come from the plane."""
+    """Starts and stops the node's processes; starting, stopping and waiting for them come from the plane."""
 
     paths: NodePaths
     ports: NodePorts
     bin_dir: Path
-    ca: Path
-    ca_key: Path
     api_port: int
     start_process: Callable[[str, list[str]], None]
     alive: Callable[[str], bool]
     stop_process: Callable[[str], bool]
+    # The plane's wait: it also notices a component that exited and quotes its log.
+    wait_for: Callable[[Callable[[], bool], str, float, str], None]
     log: Callable[[str], None]
+
+    @property
+    def ca(self) -> Path:
+        """The plane's CA (in the shared pki directory): it signs the node's certificates."""
+        return self.paths.pki / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.paths.pki / "ca.key"
 
     @property
     def ctr(self) -> list[str]:
@@ -360,8 +369,7 @@ class RealNode:
         config = self.paths.containerd / "config.toml"
         config.write_text(containerd_config(self.paths, self.pause_ref()))
         self.start_process("containerd", ["containerd", f"--config={config}", "--log-level=warn"])
-        self.wait(lambda: run(["ctr", "-a", str(self.paths.containerd_socket), "version"], check=False) == 0,
-                  "containerd", 30)  # fmt: skip
+        self.wait_for(lambda: run([*self.ctr, "version"], check=False) == 0, "containerd", 30, "containerd")
 
     def import_pause(self) -> None:
         archive = self.paths.containerd / "pause.oci.tar"
@@ -400,19 +408,6 @@ class RealNode:
             f"--metrics-bind-address=127.0.0.1:{self.ports.proxy_metrics}",
             f"--healthz-bind-address=127.0.0.1:{self.ports.proxy_healthz}",
         ])  # fmt: skip
-
-    def wait(self, check: Callable[[], bool], what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return
-            time.sleep(0.3)
-        raise NodeError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-    # -- images
-
-    def load_image(self, archive: Path) -> None:
-        run([*self.ctr, "images", "import", str(archive)])
 
     # -- stop
 

@@ -16,6 +16,7 @@ from tests.pods.conftest import PLACEMENT, Images
 GROUP, VERSION = "ai.azaion.com", "v1alpha1"
 TRAINER_CONTAINER = "trainer"
 RUN_LABEL = "ai.azaion.com/trainingrun"
+CONSUMER_LABEL = "ai.azaion.com/annotationconsumer"
 
 
 def restricted_pod_spec(image: str, command: list[str], claim: str | None = "azaion-data") -> dict[str, Any]:
@@ -157,6 +158,11 @@ def kill_container(cluster: Cluster, pod: client.V1Pod, container: str = TRAINER
 def evict(api_client: Any, namespace: str, pod: str) -> None:
     body = client.V1Eviction(metadata=client.V1ObjectMeta(name=pod, namespace=namespace))
     client.CoreV1Api(api_client).create_namespaced_pod_eviction(pod, namespace, body)
+
+
+def consumer_pods(api_client: Any, namespace: str, name: str) -> list[client.V1Pod]:
+    """The pods of an AnnotationConsumer's Deployment, whatever their state."""
+    return client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=f"{CONSUMER_LABEL}={name}").items
 
 
 def start_consumer(api_client: Any, namespace: str, endpoint: Any, stream: str, claim: str, name: str) -> None:

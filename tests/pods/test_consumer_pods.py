@@ -27,11 +27,9 @@ from tests.fixtures.rabbitmq import (
     publish,
 )
 from tests.pods.conftest import Images
-from tests.pods.pods import GROUP, VERSION, custom, start_consumer
+from tests.pods.pods import GROUP, VERSION, consumer_pods, custom, start_consumer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator")]
-
-CONSUMER_LABEL = "ai.azaion.com/annotationconsumer"
 
 TREE_DIGEST = """
 import hashlib, json, pathlib
@@ -45,7 +43,7 @@ print(json.dumps({
 
 
 def consumer_pod(api_client: Any, namespace: str, name: str) -> client.V1Pod | None:
-    pods = client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=f"{CONSUMER_LABEL}={name}").items
+    pods = consumer_pods(api_client, namespace, name)
     live = [p for p in pods if p.metadata.deletion_timestamp is None and p.status.phase == "Running"]
     return live[0] if live else None
 

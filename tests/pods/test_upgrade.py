@@ -18,6 +18,8 @@ from tests.fixtures.processes import wait_until
 from tests.fixtures.rabbitmq import LocalRabbitMQ, create_stream
 from tests.pods.conftest import Images, Release
 from tests.pods.pods import (
+    CONSUMER_LABEL,
+    consumer_pods,
     running_trainer,
     seed_annotations,
     start_consumer,
@@ -27,8 +29,6 @@ from tests.pods.pods import (
 from tests.pods.test_training_pods import start_run, training_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator")]
-
-CONSUMER_LABEL = "ai.azaion.com/annotationconsumer"
 
 
 def consumer_deployment(api_client: Any, namespace: str, name: str) -> client.V1Deployment | None:
@@ -45,7 +45,7 @@ def rolled_to(api_client: Any, namespace: str, name: str, image: str) -> bool:
     deployment = consumer_deployment(api_client, namespace, name)
     if deployment is None or deployment.spec.template.spec.containers[0].image != image:
         return False
-    pods = client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=f"{CONSUMER_LABEL}={name}").items
+    pods = consumer_pods(api_client, namespace, name)
     return len(pods) == 1 and all(
         pod.spec.containers[0].image == image
         and (pod.status.container_statuses or [None])[0] is not None
@@ -55,9 +55,7 @@ def rolled_to(api_client: Any, namespace: str, name: str, image: str) -> bool:
 
 
 def image_id(api_client: Any, namespace: str, name: str) -> str:
-    (pod,) = (
-        client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=f"{CONSUMER_LABEL}={name}").items
-    )
+    (pod,) = consumer_pods(api_client, namespace, name)
     return pod.status.container_statuses[0].image_id
 
 
