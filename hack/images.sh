@@ -248,15 +248,24 @@ EOF
   echo "python-base: built in $((SECONDS - start)) s"
 }
 
-# A hash of everything an image is built from (what .dockerignore lets in).
+# The source trees each image copies (as its Dockerfile's COPY lines do): a
+# change to one part rebuilds only the images that carry it.
+image_sources() {
+  case "$1" in
+    operator) find contract operator -type f ;;
+    queue) find contract workloads/azaion_workloads/queue -type f; find workloads/azaion_workloads -maxdepth 1 -name '*.py' ;;
+    training) find contract workloads/azaion_workloads/training -type f; find workloads/azaion_workloads -maxdepth 1 -name '*.py' ;;
+  esac | grep -v -e '/__pycache__/' -e '\.pyc$' -e '\.egg-info/'
+}
+
+# A hash of everything an image is built from.
 inputs() {
   local name="$1"
   {
     image_id "$base_image"
     [ "$revision" = unknown ] || echo "revision=$revision"
     sha256sum "Dockerfile.$name" "requirements/$name.txt" .dockerignore pyproject.toml README.md
-    find operator workloads -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 \
-      | sort -z | xargs -0 sha256sum
+    image_sources "$name" | sort | tr '\n' '\0' | xargs -0 sha256sum
   } | sha256sum | cut -c1-32
 }
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from azaion_contract.models.annotationconsumer import AnnotationConsumerSpec, ConsumerPhase, duration_seconds
 from azaion_operator.conditions import condition, keep_transition_times
 from azaion_operator.lifecycle import parse_time, timestamp
-from azaion_operator.models.annotationconsumer import AnnotationConsumerSpec, ConsumerPhase, duration_seconds
 
 
 @dataclass

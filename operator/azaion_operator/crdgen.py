@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from azaion_workloads.contract import API_GROUP, API_VERSION
+from azaion_contract import API_GROUP, API_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 # The chart renders its copies with .Files.Glob (Helm reads only files inside the chart).
@@ -171,8 +171,8 @@ def build_crd(source: CrdSource) -> dict[str, Any]:
 
 
 def sources() -> list[CrdSource]:
-    from azaion_operator.models import annotationconsumer as ac
-    from azaion_operator.models import trainingrun as tr
+    from azaion_contract.models import annotationconsumer as ac
+    from azaion_contract.models import trainingrun as tr
 
     return [
         CrdSource(

@@ -10,7 +10,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from azaion_workloads.contract import API_GROUP, API_VERSION
+from azaion_contract import API_GROUP, API_VERSION
 
 log = logging.getLogger(__name__)
 

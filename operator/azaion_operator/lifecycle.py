@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from azaion_contract.models.trainingrun import Phase, TrainingRunSpec
 from azaion_operator.conditions import condition, keep_transition_times
-from azaion_operator.models.trainingrun import Phase, TrainingRunSpec
 from azaion_operator.names import job_name
 from azaion_operator.outcomes import AttemptOutcome, classify, is_disrupted, pod_problem
 

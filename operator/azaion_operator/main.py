@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from azaion_workloads.contract import API_GROUP
+from azaion_contract import API_GROUP
 
 
 @kopf.on.startup()

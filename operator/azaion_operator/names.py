@@ -8,14 +8,26 @@ from __future__ import annotations
 
 import hashlib
 
-from azaion_workloads.contract import API_GROUP
+from azaion_contract import (
+    LABEL_ANNOTATIONCONSUMER,
+    LABEL_ATTEMPT,
+    LABEL_MANAGED_BY,
+    LABEL_TRAININGRUN,
+    MANAGED_BY,
+    TRAINER_CONTAINER,
+)
 
-LABEL_TRAININGRUN = f"{API_GROUP}/trainingrun"
-LABEL_ATTEMPT = f"{API_GROUP}/attempt"
-LABEL_ANNOTATIONCONSUMER = f"{API_GROUP}/annotationconsumer"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "azaion-operator"
-TRAINER_CONTAINER = "trainer"
+__all__ = [
+    "LABEL_ANNOTATIONCONSUMER",
+    "LABEL_ATTEMPT",
+    "LABEL_MANAGED_BY",
+    "LABEL_TRAININGRUN",
+    "MANAGED_BY",
+    "TRAINER_CONTAINER",
+    "bounded",
+    "job_name",
+    "trainer_service_account",
+]
 
 _MAX_LABEL_VALUE = 63
 

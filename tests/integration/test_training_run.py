@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from azaion_workloads import contract
+import azaion_contract as contract
 from azaion_workloads.training.synthetic import write_annotations, write_bad_annotations
 from tests.fixtures.processes import ManagedProcess, wait_until
 from tests.fixtures.s3 import S3Server

@@ -7,14 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from azaion_contract.models.trainingrun import TrainingRunSpec
+from azaion_contract.training_options import ALLOWED_EXTRA_ARGS
 from azaion_operator import crdgen
 from azaion_operator.builders.trainingjob import build_job, build_trainer_identity
 from azaion_operator.config import OperatorConfig
 from azaion_operator.lifecycle import Admission, child_rejected, decide, needs_admission
-from azaion_operator.models.trainingrun import TrainingRunSpec
 from azaion_operator.names import job_name
 from azaion_operator.queueing import Waiting, free_gpus, plan
-from azaion_workloads.training.config import ALLOWED_EXTRA_ARGS
 
 pytestmark = pytest.mark.unit
 
@@ -267,7 +267,7 @@ def test_job_never_carries_secret_values_and_mounts_the_key_read_only():
         "name": "AWS_SECRET_ACCESS_KEY",
         "valueFrom": {"secretKeyRef": {"name": "creds", "key": "AWS_SECRET_ACCESS_KEY"}},
     }
-    assert env["TRAINING_MODEL"]["value"] == "models/ml/previous/weights/best.pt"
+    assert env["TRAINING_FROM_RUN"]["value"] == "previous" and "TRAINING_MODEL" not in env
     mount = next(m for m in container["volumeMounts"] if m["name"] == "encryption-key")
     assert mount["readOnly"] is True
     assert built["metadata"]["name"] == "run-a2"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from azaion_workloads import contract
+import azaion_contract as contract
 from azaion_workloads.training.config import (
     ALLOWED_EXTRA_ARGS,
     EnvError,
@@ -30,7 +30,7 @@ def test_defaults(tmp_path: Path) -> None:
     settings = load_settings(_env(tmp_path))
     assert settings.resource_namespace == "local"
     assert (settings.epochs, settings.batch_size, settings.imgsz) == (120, 11, 1280)
-    assert (settings.save_period, settings.workers) == (1, 24)
+    assert (settings.save_period, settings.workers, settings.patience) == (1, 8, 100)
     assert settings.split == (Decimal("0.7"), Decimal("0.2"), Decimal("0.1"))
     assert settings.export_onnx and settings.onnx_nms and not settings.export_tensorrt
     assert (settings.onnx_imgsz, settings.onnx_batch) == (1280, 4)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from azaion_workloads import contract
+import azaion_contract as contract
 from azaion_workloads.training.config import load_settings
 
 pytestmark = pytest.mark.unit
 
 trainingjob = pytest.importorskip("azaion_operator.builders.trainingjob", reason="operator extra not installed")
-models = pytest.importorskip("azaion_operator.models.trainingrun")
+models = pytest.importorskip("azaion_contract.models.trainingrun")
 config = pytest.importorskip("azaion_operator.config")
 
 

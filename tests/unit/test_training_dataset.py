@@ -222,7 +222,7 @@ def test_a_stop_in_the_middle_leaves_nothing_half_formed(tmp_path: Path) -> None
 def test_tiff_images_the_consumer_writes_are_formed_not_quarantined(tmp_path: Path) -> None:
     from PIL import Image
 
-    from azaion_workloads.contract import IMAGE_EXTENSIONS
+    from azaion_contract import IMAGE_EXTENSIONS
     from azaion_workloads.queue import wire
 
     write_annotations(tmp_path / "data", 9, size=16)

@@ -17,13 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from azaion_workloads import contract
-
-ENV_HEARTBEAT_FILE = "AZAION_HEARTBEAT_FILE"
+import azaion_contract as contract
 
 
 def heartbeat_path() -> Path:
-    return Path(os.environ.get(ENV_HEARTBEAT_FILE) or contract.HEARTBEAT_FILE)
+    return Path(os.environ.get(contract.ENV_HEARTBEAT_FILE) or contract.HEARTBEAT_FILE)
 
 
 class Heartbeat:

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from azaion_workloads import contract
+import azaion_contract as contract
 from azaion_workloads.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)

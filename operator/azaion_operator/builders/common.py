@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from azaion_workloads.contract import API_GROUP, API_VERSION
+from azaion_contract import API_GROUP, API_VERSION
+from azaion_contract.env import Binding, SecretKey, encode
 
 RBAC_API = "rbac.authorization.k8s.io"
 
@@ -42,14 +44,26 @@ def container_security_context() -> dict[str, Any]:
 
 
 def env_value(name: str, value: object) -> dict[str, Any]:
-    if isinstance(value, bool):
-        value = "true" if value else "false"
-    return {"name": name, "value": str(value)}
+    return {"name": name, "value": encode(value)}
 
 
 def env_from_secret(name: str, secret: str, key: str) -> dict[str, Any]:
     """An env var filled by the kubelet from a Secret: the value never appears in the spec."""
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def env_from_spec(table: Iterable[Binding], spec: Any) -> list[dict[str, Any]]:
+    """The pod's environment for ``spec``, one entry per binding of the contract's table that has a value."""
+    env = []
+    for binding in table:
+        value = binding.value(spec)
+        if value is None:
+            continue
+        if isinstance(value, SecretKey):
+            env.append(env_from_secret(binding.env, value.secret, value.key))
+        else:
+            env.append(env_value(binding.env, value))
+    return env
 
 
 def downward_env() -> list[dict[str, Any]]:

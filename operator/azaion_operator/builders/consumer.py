@@ -4,23 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import azaion_contract as contract
+from azaion_contract.env import CONSUMER_ENV
+from azaion_contract.models.annotationconsumer import KIND, PLURAL, AnnotationConsumerSpec
 from azaion_operator.builders.common import (
     container_security_context,
-    env_from_secret,
+    env_from_spec,
     env_value,
     owner_reference,
     pod_security_context,
     status_reporter_identity,
 )
 from azaion_operator.config import OperatorConfig
-from azaion_operator.models.annotationconsumer import KIND, PLURAL, AnnotationConsumerSpec
 from azaion_operator.names import LABEL_ANNOTATIONCONSUMER, LABEL_MANAGED_BY, MANAGED_BY, bounded
-from azaion_workloads import contract
 
 CONTAINER = "consumer"
-HTTP_PORT = 8080
-OFFSET_MOUNT = "/var/lib/azaion-queue"
-CA_MOUNT = "/var/run/secrets/azaion/rabbitmq-ca"
+HTTP_PORT = contract.CONSUMER_HTTP_PORT
 
 
 def deployment_name(name: str) -> str:
@@ -44,26 +43,12 @@ def consumer_labels(name: str) -> dict[str, str]:
 
 
 def consumer_env(meta: dict[str, Any], spec: AnnotationConsumerSpec, config: OperatorConfig) -> list[dict[str, Any]]:
-    rabbit = spec.rabbitmq
-    creds = rabbit.credentials_secret_ref
-    tls_ca = [env_value("RABBITMQ_TLS_CA_FILE", f"{CA_MOUNT}/ca.crt")] if rabbit.tls.ca_secret_ref else []
+    """The consumer's settings: the spec through the contract's table, and who and where it is."""
     return [
-        *tls_ca,
-        env_value("RABBITMQ_HOST", rabbit.host),
-        env_value("RABBITMQ_PORT", rabbit.port),
-        env_value("RABBITMQ_VHOST", rabbit.vhost),
-        env_value("RABBITMQ_STREAM", rabbit.stream),
-        env_value("RABBITMQ_TLS", rabbit.tls.enabled),
-        env_from_secret("RABBITMQ_USER", creds.name, creds.username_key),
-        env_from_secret("RABBITMQ_PASSWORD", creds.name, creds.password_key),
-        env_value("QUEUE_OFFSET_FILE", f"{OFFSET_MOUNT}/offset.yaml"),
+        *env_from_spec(CONSUMER_ENV, spec),
+        env_value("QUEUE_OFFSET_FILE", contract.CONSUMER_OFFSET_FILE),
         env_value("QUEUE_CONSUMER_NAME", f"{meta['namespace']}.{meta['name']}"),
-        env_value("QUEUE_START_FROM", spec.start_from),
-        env_value("QUEUE_COMMIT_EVERY", spec.offset_commit.every_messages),
-        env_value("QUEUE_COMMIT_INTERVAL_MS", spec.offset_commit.interval_milliseconds),
-        env_value("QUEUE_DISK_WARN_PERCENT", spec.disk.warn_percent),
-        env_value("QUEUE_DISK_CRITICAL_PERCENT", spec.disk.critical_percent),
-        env_value("QUEUE_HTTP_PORT", HTTP_PORT),
+        env_value("QUEUE_HTTP_PORT", contract.CONSUMER_HTTP_PORT),
         env_value(contract.ENV_ROOT_DIR, config.data_mount_path),
         env_value(contract.ENV_RESOURCE_NAME, meta["name"]),
         env_value(contract.ENV_RESOURCE_NAMESPACE, meta["namespace"]),
@@ -82,7 +67,7 @@ def build_deployment(meta: dict[str, Any], spec: AnnotationConsumerSpec, config:
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "data", "mountPath": config.data_mount_path},
-        {"name": "offset", "mountPath": OFFSET_MOUNT},
+        {"name": "offset", "mountPath": contract.CONSUMER_OFFSET_MOUNT},
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir; the root filesystem is read-only
     ]
     ca = spec.rabbitmq.tls.ca_secret_ref
@@ -90,7 +75,7 @@ def build_deployment(meta: dict[str, Any], spec: AnnotationConsumerSpec, config:
         volumes.append(
             {"name": "rabbitmq-ca", "secret": {"secretName": ca.name, "items": [{"key": ca.key, "path": "ca.crt"}]}}
         )
-        mounts.append({"name": "rabbitmq-ca", "mountPath": CA_MOUNT, "readOnly": True})
+        mounts.append({"name": "rabbitmq-ca", "mountPath": contract.CONSUMER_TLS_CA_MOUNT, "readOnly": True})
     container = {
         "name": CONTAINER,
         "image": spec.image or config.queue_image,

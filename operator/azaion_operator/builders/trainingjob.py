@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import azaion_contract as contract
+from azaion_contract.env import TRAINING_ENV
+from azaion_contract.models.trainingrun import KIND, PLURAL, TrainingRunSpec
 from azaion_operator.builders.common import (
     container_security_context,
     downward_env,
-    env_from_secret,
+    env_from_spec,
     env_value,
     owner_reference,
     pod_security_context,
     status_reporter_identity,
 )
 from azaion_operator.config import OperatorConfig
-from azaion_operator.models.trainingrun import KIND, PLURAL, TrainingRunSpec
 from azaion_operator.names import (
     LABEL_ATTEMPT,
     LABEL_MANAGED_BY,
@@ -25,7 +26,6 @@ from azaion_operator.names import (
     job_name,
     trainer_service_account,
 )
-from azaion_workloads import contract
 
 TMP_MOUNT = "/tmp"  # noqa: S108 - an emptyDir: the root filesystem is read-only
 
@@ -38,63 +38,17 @@ def run_labels(run: str) -> dict[str, str]:
     }
 
 
-def base_model(spec: TrainingRunSpec) -> str:
-    """What TRAINING_MODEL names: the spec's model, or another run's best weights."""
-    if spec.from_run:
-        return f"models/{{namespace}}/{spec.from_run}/weights/best.pt"
-    assert spec.model is not None  # the CRD's CEL rule requires one of the two
-    return spec.model
-
-
 def trainer_env(spec: TrainingRunSpec, namespace: str, name: str, config: OperatorConfig) -> list[dict[str, Any]]:
-    """The workload's settings (see azaion_workloads.training.config) as env vars."""
-    training, split, onnx = spec.training, spec.dataset.split, spec.export.onnx
-    env = [
+    """The trainer's settings: the spec through the contract's table, and who and where it is."""
+    return [
         env_value(contract.ENV_ROOT_DIR, config.data_mount_path),
         env_value(contract.ENV_RESOURCE_NAME, name),
         env_value(contract.ENV_RESOURCE_NAMESPACE, namespace),
-        env_value("TRAINING_MODEL", base_model(spec).format(namespace=namespace)),
-        env_value("TRAINING_EPOCHS", training.epochs),
-        env_value("TRAINING_BATCH_SIZE", training.batch),
-        env_value("TRAINING_IMGSZ", training.imgsz),
-        env_value("TRAINING_SAVE_PERIOD", training.save_period),
-        env_value("TRAINING_WORKERS", training.workers),
-        env_value("TRAINING_PATIENCE", training.patience),
-        env_value("TRAINING_OPTIMIZER", training.optimizer),
-        env_value("TRAINING_DEVICE", "auto" if spec.resources.gpus > 0 else "cpu"),
-        env_value("DATASET_SPLIT", f"{split.train / 100},{split.valid / 100},{split.test / 100}"),
-        env_value("DATASET_SEED", spec.dataset.seed),
-        env_value("DATASET_CLASSES_FILE", spec.dataset.classes_file),
-        env_value("EXPORT_ONNX", onnx.enabled),
-        env_value("EXPORT_ONNX_IMGSZ", onnx.imgsz),
-        env_value("EXPORT_ONNX_BATCH", onnx.batch),
-        env_value("EXPORT_ONNX_DYNAMIC", onnx.dynamic),
-        env_value("EXPORT_ONNX_HALF", onnx.half),
-        env_value("EXPORT_ONNX_NMS", onnx.nms),
-        env_value("EXPORT_TENSORRT", spec.export.tensorrt.enabled),
-        env_value("PUBLISH_PROMOTE", spec.publish.promote),
-        env_value("AZAION_HEARTBEAT_FILE", contract.HEARTBEAT_FILE),
+        *env_from_spec(TRAINING_ENV, spec),
+        env_value(contract.ENV_HEARTBEAT_FILE, contract.HEARTBEAT_FILE),
         env_value("HOME", TMP_MOUNT),
         *downward_env(),
     ]
-    if training.extra_args:
-        env.append(env_value("TRAINING_EXTRA_ARGS", json.dumps(training.extra_args, sort_keys=True)))
-    if onnx.opset is not None:
-        env.append(env_value("EXPORT_ONNX_OPSET", onnx.opset))
-    if spec.publish.encryption_key_secret_ref:
-        env.append(env_value("ENCRYPTION_KEY_FILE", contract.ENCRYPTION_KEY_FILE))
-    s3 = spec.publish.s3
-    if s3:
-        env.append(env_value("S3_BUCKET", s3.bucket))
-        env.append(env_value("S3_PREFIX", s3.prefix))
-        if s3.endpoint:
-            env.append(env_value("S3_ENDPOINT", s3.endpoint))
-        if s3.region:
-            env.append(env_value("S3_REGION", s3.region))
-        creds = s3.credentials_secret_ref
-        env.append(env_from_secret("AWS_ACCESS_KEY_ID", creds.name, creds.access_key_id_key))
-        env.append(env_from_secret("AWS_SECRET_ACCESS_KEY", creds.name, creds.secret_access_key_key))
-    return env
 
 
 def trainer_resources(spec: TrainingRunSpec) -> dict[str, Any]:
@@ -180,7 +134,7 @@ def build_job(
                 "imagePullPolicy": config.image_pull_policy,
                 "command": ["azaion-train", "run"],
                 # The image, so the published manifest records what trained the model.
-                "env": [*trainer_env(spec, namespace, name, config), env_value("AZAION_IMAGE", image)],
+                "env": [*trainer_env(spec, namespace, name, config), env_value(contract.ENV_IMAGE, image)],
                 "resources": trainer_resources(spec),
                 "securityContext": container_security_context(),
                 "volumeMounts": mounts,

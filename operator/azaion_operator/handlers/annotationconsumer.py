@@ -10,6 +10,8 @@ from typing import Any
 
 import kopf
 
+from azaion_contract import API_GROUP, API_VERSION
+from azaion_contract.models.annotationconsumer import PLURAL, AnnotationConsumerSpec
 from azaion_operator import kube, metrics
 from azaion_operator.builders.consumer import (
     build_consumer_identity,
@@ -21,9 +23,7 @@ from azaion_operator.builders.consumer import (
 from azaion_operator.config import OperatorConfig
 from azaion_operator.consumer_health import assess, changed
 from azaion_operator.handlers import resync
-from azaion_operator.models.annotationconsumer import PLURAL, AnnotationConsumerSpec
 from azaion_operator.names import LABEL_ANNOTATIONCONSUMER
-from azaion_workloads.contract import API_GROUP, API_VERSION
 
 log = logging.getLogger(__name__)
 

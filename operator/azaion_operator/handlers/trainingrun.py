@@ -18,6 +18,8 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from azaion_contract import API_GROUP, API_VERSION
+from azaion_contract.models.trainingrun import PLURAL, Phase, TrainingRunSpec
 from azaion_operator import kube, metrics
 from azaion_operator.builders.trainingjob import build_job, build_trainer_identity
 from azaion_operator.config import OperatorConfig
@@ -31,11 +33,9 @@ from azaion_operator.lifecycle import (
     needs_admission,
     parse_time,
 )
-from azaion_operator.models.trainingrun import PLURAL, Phase, TrainingRunSpec
 from azaion_operator.names import LABEL_TRAININGRUN, job_name
 from azaion_operator.outcomes import is_disrupted
 from azaion_operator.queueing import Waiting, free_gpus, plan
-from azaion_workloads.contract import API_GROUP, API_VERSION
 
 log = logging.getLogger(__name__)
 

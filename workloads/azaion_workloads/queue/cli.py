@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from azaion_workloads import contract
+import azaion_contract as contract
 from azaion_workloads.queue import logs
 from azaion_workloads.queue.config import ConfigError, load_config
 from azaion_workloads.queue.consumer import EXIT_RETRYABLE, StreamConsumer

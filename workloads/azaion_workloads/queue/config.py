@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+import azaion_contract as contract
+from azaion_contract.env import CONSUMER_ENV, env_name
 from azaion_workloads.layout import DataLayout, UnsafePathError
 
 #: The original deployment named the stream in this variable; still accepted.
@@ -62,28 +64,33 @@ class StartFrom:
         return self.timestamp.isoformat() if self.timestamp else self.kind
 
 
+def _env(setting: str) -> str:
+    """The variable the operator fills this setting from (the contract's table)."""
+    return env_name(CONSUMER_ENV, setting)
+
+
 class QueueSettings(BaseModel):
     """Everything the consumer reads from its environment (names are the contract)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", arbitrary_types_allowed=True)
 
-    host: str = Field(alias="RABBITMQ_HOST", min_length=1)
-    port: int = Field(5552, alias="RABBITMQ_PORT", ge=1, le=65535)
-    vhost: str = Field("/", alias="RABBITMQ_VHOST", min_length=1)
-    user: str = Field(alias="RABBITMQ_USER", min_length=1)
-    password: SecretStr = Field(alias="RABBITMQ_PASSWORD")
-    stream: str = Field("azaion-annotations", alias="RABBITMQ_STREAM", min_length=1, max_length=255)
-    tls: bool = Field(False, alias="RABBITMQ_TLS")
-    tls_ca_file: Path | None = Field(None, alias="RABBITMQ_TLS_CA_FILE")
+    host: str = Field(alias=_env("host"), min_length=1)
+    port: int = Field(5552, alias=_env("port"), ge=1, le=65535)
+    vhost: str = Field("/", alias=_env("vhost"), min_length=1)
+    user: str = Field(alias=_env("user"), min_length=1)
+    password: SecretStr = Field(alias=_env("password"))
+    stream: str = Field("azaion-annotations", alias=_env("stream"), min_length=1, max_length=255)
+    tls: bool = Field(False, alias=_env("tls"))
+    tls_ca_file: Path | None = Field(None, alias=_env("tls_ca_file"))
 
-    offset_file: Path = Field(Path("/var/lib/azaion-queue/offset.yaml"), alias="QUEUE_OFFSET_FILE")
+    offset_file: Path = Field(Path(contract.CONSUMER_OFFSET_FILE), alias="QUEUE_OFFSET_FILE")
     consumer_name: str = Field("azaion-queue", alias="QUEUE_CONSUMER_NAME", min_length=1, max_length=255)
-    start_from: StartFrom = Field(StartFrom("first"), alias="QUEUE_START_FROM")
-    commit_every: int = Field(500, alias="QUEUE_COMMIT_EVERY", ge=1)
-    commit_interval_ms: int = Field(1000, alias="QUEUE_COMMIT_INTERVAL_MS", ge=10)
-    disk_warn_percent: float = Field(80.0, alias="QUEUE_DISK_WARN_PERCENT", gt=0, le=100)
-    disk_critical_percent: float = Field(95.0, alias="QUEUE_DISK_CRITICAL_PERCENT", gt=0, le=100)
-    http_port: int = Field(8080, alias="QUEUE_HTTP_PORT", ge=1, le=65535)
+    start_from: StartFrom = Field(StartFrom("first"), alias=_env("start_from"))
+    commit_every: int = Field(500, alias=_env("commit_every"), ge=1)
+    commit_interval_ms: int = Field(1000, alias=_env("commit_interval_ms"), ge=10)
+    disk_warn_percent: float = Field(80.0, alias=_env("disk_warn_percent"), gt=0, le=100)
+    disk_critical_percent: float = Field(95.0, alias=_env("disk_critical_percent"), gt=0, le=100)
+    http_port: int = Field(contract.CONSUMER_HTTP_PORT, alias="QUEUE_HTTP_PORT", ge=1, le=65535)
     status_interval_seconds: float = Field(5.0, alias="QUEUE_STATUS_INTERVAL_SECONDS", gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="QUEUE_LOG_LEVEL")
 

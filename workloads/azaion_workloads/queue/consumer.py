@@ -46,7 +46,7 @@ from rstream.exceptions import (
 )
 from rstream.recovery import BackOffRecoveryStrategy
 
-from azaion_workloads import contract
+import azaion_contract as contract
 from azaion_workloads.fsutil import TEMP_PREFIX
 from azaion_workloads.queue.config import Config
 from azaion_workloads.queue.disk import DiskGuard

@@ -31,7 +31,7 @@ from pydantic import (
     field_validator,
 )
 
-from azaion_workloads.contract import IMAGE_EXTENSIONS
+from azaion_contract import IMAGE_EXTENSIONS
 from azaion_workloads.layout import UnsafePathError, safe_name
 
 #: The largest body accepted after decompression (a gzip bomb stops here).

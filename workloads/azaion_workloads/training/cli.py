@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from azaion_workloads import contract
+import azaion_contract as contract
 
 log = logging.getLogger("azaion_workloads.training")
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,33 +26,10 @@ from pydantic import (
     model_validator,
 )
 
-from azaion_workloads import contract
-from azaion_workloads.heartbeat import ENV_HEARTBEAT_FILE
+import azaion_contract as contract
+from azaion_contract.env import TRAINING_ENV
+from azaion_contract.training_options import ALLOWED_EXTRA_ARGS, OPTIMIZERS
 from azaion_workloads.layout import DataLayout, UnsafePathError, safe_child, safe_name
-
-#: ultralytics ``train()`` arguments that ``TRAINING_EXTRA_ARGS`` may set.
-#: Only hyper-parameters and augmentation knobs: anything that names a path
-#: (project, name, data, model, pretrained...), changes where output goes, or
-#: has its own setting (epochs, batch, imgsz, device...) is refused, and so is
-#: ``time``, which rewrites the epoch count in flight and breaks resuming.
-ALLOWED_EXTRA_ARGS: Final[frozenset[str]] = frozenset(
-    {
-        # optimiser and schedule
-        "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum",
-        "warmup_bias_lr", "cos_lr", "nbs", "close_mosaic", "amp", "fraction", "freeze",
-        "dropout", "seed", "deterministic", "single_cls", "rect", "multi_scale", "cache",
-        "val", "plots",
-        # loss gains
-        "box", "cls", "dfl",
-        # augmentation
-        "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective",
-        "flipud", "fliplr", "bgr", "mosaic", "mixup", "cutmix", "copy_paste", "erasing",
-        "auto_augment",
-    }
-)  # fmt: skip
-
-#: Optimisers ultralytics accepts by name.
-OPTIMIZERS: Final = ("auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp")
 
 Scalar = bool | int | float | str
 
@@ -98,16 +75,18 @@ class TrainingSettings(BaseModel):
     resource_namespace: str = "local"
 
     model: str = "yolo26m.yaml"
+    from_run: str | None = None
     epochs: int = Field(default=120, ge=1)
     batch_size: int = Field(default=11)
     imgsz: int = Field(default=1280, ge=32)
     save_period: int = Field(default=1, ge=-1)
-    workers: int = Field(default=24, ge=0)
-    patience: int | None = Field(default=None, ge=0)
-    optimizer: Literal[OPTIMIZERS] | None = None  # type: ignore[valid-type]
+    workers: int = Field(default=8, ge=0)
+    patience: int = Field(default=100, ge=0)
+    optimizer: Literal[OPTIMIZERS] = "auto"  # type: ignore[valid-type]
     device: str = "auto"
     extra_args: dict[str, Scalar | list[int]] = Field(default_factory=dict)
 
+    source: Literal["validated"] = "validated"
     split: tuple[Decimal, Decimal, Decimal] = (Decimal("0.7"), Decimal("0.2"), Decimal("0.1"))
     seed: int = 0
     classes_file: str = "classes.json"
@@ -127,7 +106,7 @@ class TrainingSettings(BaseModel):
 
     s3_endpoint: str | None = None
     s3_bucket: str | None = None
-    s3_prefix: str = "azaion"
+    s3_prefix: str = "models"
     s3_region: str = "us-east-1"
     promote: bool = False
 
@@ -138,6 +117,20 @@ class TrainingSettings(BaseModel):
 
     heartbeat_file: Path = Path(contract.HEARTBEAT_FILE)
     image: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weights_of_another_run(cls, data: Any) -> Any:
+        # TRAINING_FROM_RUN names a run in this namespace; its best weights are
+        # where this layout keeps every run's output.
+        if isinstance(data, dict) and data.get("from_run") and isinstance(data.get("layout"), DataLayout):
+            layout: DataLayout = data["layout"]
+            try:
+                weights = layout.run_dir(data.get("resource_namespace", "local"), data["from_run"]) / "weights/best.pt"
+            except UnsafePathError as error:
+                raise ValueError(f"from_run: {error}") from None
+            data = {**data, "model": str(weights.relative_to(layout.root))}
+        return data
 
     @field_validator("resource_name", "resource_namespace")
     @classmethod
@@ -255,44 +248,52 @@ def _is_builtin_model_name(model: str) -> bool:
     return "/" not in model and model.endswith((".yaml", ".yml"))
 
 
-# Env name -> (field, parser). Parsers raise ValueError with a short reason.
+# How each setting is parsed from its variable; parsers raise ValueError with
+# a short reason. The variable names come from the contract's table (the spec
+# fields the operator passes) and from the pod contract (what it sets itself);
+# the rest are for runs by hand and the split-upload mode.
+_PARSERS: dict[str, Any] = {
+    "model": str.strip,
+    "from_run": str.strip,
+    "epochs": int,
+    "batch_size": int,
+    "imgsz": int,
+    "save_period": int,
+    "workers": int,
+    "patience": int,
+    "optimizer": str.strip,
+    "device": str,
+    "extra_args": json.loads,
+    "source": str.strip,
+    "split": parse_split,
+    "seed": int,
+    "classes_file": str.strip,
+    "export_onnx": _bool,
+    "onnx_imgsz": int,
+    "onnx_batch": int,
+    "onnx_opset": int,
+    "onnx_dynamic": _bool,
+    "onnx_half": _bool,
+    "onnx_nms": _bool,
+    "export_tensorrt": _bool,
+    "key_file": Path,
+    "s3_endpoint": str.strip,
+    "s3_bucket": str.strip,
+    "s3_prefix": str.strip,
+    "s3_region": str.strip,
+    "promote": _bool,
+}
 _ENV_FIELDS: dict[str, tuple[str, Any]] = {
     contract.ENV_RESOURCE_NAME: ("resource_name", str),
     contract.ENV_RESOURCE_NAMESPACE: ("resource_namespace", str),
-    "TRAINING_MODEL": ("model", str.strip),
-    "TRAINING_EPOCHS": ("epochs", int),
-    "TRAINING_BATCH_SIZE": ("batch_size", int),
-    "TRAINING_IMGSZ": ("imgsz", int),
-    "TRAINING_SAVE_PERIOD": ("save_period", int),
-    "TRAINING_WORKERS": ("workers", int),
-    "TRAINING_PATIENCE": ("patience", int),
-    "TRAINING_OPTIMIZER": ("optimizer", str.strip),
-    "TRAINING_DEVICE": ("device", str),
-    "TRAINING_EXTRA_ARGS": ("extra_args", json.loads),
-    "DATASET_SPLIT": ("split", parse_split),
-    "DATASET_SEED": ("seed", int),
-    "DATASET_CLASSES_FILE": ("classes_file", str.strip),
-    "EXPORT_ONNX": ("export_onnx", _bool),
-    "EXPORT_ONNX_IMGSZ": ("onnx_imgsz", int),
-    "EXPORT_ONNX_BATCH": ("onnx_batch", int),
-    "EXPORT_ONNX_OPSET": ("onnx_opset", int),
-    "EXPORT_ONNX_DYNAMIC": ("onnx_dynamic", _bool),
-    "EXPORT_ONNX_HALF": ("onnx_half", _bool),
-    "EXPORT_ONNX_NMS": ("onnx_nms", _bool),
-    "EXPORT_TENSORRT": ("export_tensorrt", _bool),
-    "ENCRYPTION_KEY_FILE": ("key_file", Path),
+    **{b.env: (b.setting, _PARSERS[b.setting]) for b in TRAINING_ENV if b.setting is not None},
     "ENCRYPTION_KEY_ID": ("key_id", str.strip),
-    "S3_ENDPOINT": ("s3_endpoint", str.strip),
-    "S3_BUCKET": ("s3_bucket", str.strip),
-    "S3_PREFIX": ("s3_prefix", str.strip),
-    "S3_REGION": ("s3_region", str.strip),
-    "PUBLISH_PROMOTE": ("promote", _bool),
     "AZAION_API_URL": ("api_url", str.strip),
     "AZAION_API_EMAIL": ("api_email", str.strip),
     "AZAION_API_PASSWORD": ("api_password", str),
     "AZAION_API_FOLDER": ("api_folder", str.strip),
-    ENV_HEARTBEAT_FILE: ("heartbeat_file", Path),
-    "AZAION_IMAGE": ("image", str.strip),
+    contract.ENV_HEARTBEAT_FILE: ("heartbeat_file", Path),
+    contract.ENV_IMAGE: ("image", str.strip),
 }
 _FIELD_TO_ENV = {field: env for env, (field, _) in _ENV_FIELDS.items()}
 

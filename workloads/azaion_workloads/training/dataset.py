@@ -32,8 +32,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from azaion_contract import IMAGE_EXTENSIONS
 from azaion_workloads.classes import NUM_CLASS_SLOTS, ClassCatalog
-from azaion_workloads.contract import IMAGE_EXTENSIONS
 from azaion_workloads.fsutil import TEMP_PREFIX, atomic_write_bytes, durable_move, fsync_dir
 from azaion_workloads.layout import DataLayout, UnsafePathError, safe_name
 from azaion_workloads.training.errors import PermanentError

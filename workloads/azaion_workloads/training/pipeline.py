@@ -70,7 +70,12 @@ class Pipeline:
         settings = self.settings
         key = load_key(settings)
         if settings.model.endswith(".pt") and not Path(settings.model_source()).is_file():
-            raise PermanentError(f"TRAINING_MODEL: {settings.model} does not exist in the data root")
+            origin = (
+                f"TRAINING_FROM_RUN: run {settings.from_run} has no best weights"
+                if settings.from_run
+                else "TRAINING_MODEL"
+            )
+            raise PermanentError(f"{origin}: {settings.model} does not exist in the data root")
         settings.layout.ensure()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         data_yaml = self.dataset()

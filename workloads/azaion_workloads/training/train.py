@@ -172,9 +172,8 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
         "save_period": settings.save_period,
         "save_dir": str(run_dir),
         "verbose": True,
+        "patience": settings.patience,
     }
-    if settings.patience is not None:
-        common["patience"] = settings.patience
     for leftover in leftover_temp_files(run_dir):
         leftover.unlink(missing_ok=True)  # a checkpoint copy cut short by a kill
 
@@ -221,7 +220,7 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
                 exist_ok=True,
                 project=str(run_dir.parent),
                 name=run_dir.name,
-                **({"optimizer": settings.optimizer} if settings.optimizer else {}),
+                optimizer=settings.optimizer,
                 **settings.extra_args,
                 **common,
             )

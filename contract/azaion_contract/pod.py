@@ -1,9 +1,4 @@
-"""The contract between the operator and the programs it runs.
-
-The operator builds Jobs and Deployments from these names; the workloads read
-them. Keeping them in one module means a rename breaks both sides at once
-instead of silently drifting apart.
-"""
+"""What a workload pod can rely on: exit codes, mounts, and the names of its environment."""
 
 from __future__ import annotations
 
@@ -18,15 +13,15 @@ EXIT_PERMANENT: Final = 78  # EX_CONFIG
 EXIT_INTERRUPTED: Final = 75  # EX_TEMPFAIL
 # Any other non-zero code is a retryable failure.
 
-API_GROUP: Final = "ai.azaion.com"
-API_VERSION: Final = "v1alpha1"
-TRAININGRUN_PLURAL: Final = "trainingruns"
-ANNOTATIONCONSUMER_PLURAL: Final = "annotationconsumers"
+#: The trainer's container in a training pod (the operator reads its exit code).
+TRAINER_CONTAINER: Final = "trainer"
 
 # Identity of the resource a pod reports to (set by the operator through the
 # downward API / plain values). Without them a workload reports to a local file.
 ENV_RESOURCE_NAME: Final = "AZAION_RESOURCE_NAME"
 ENV_RESOURCE_NAMESPACE: Final = "AZAION_RESOURCE_NAMESPACE"
+#: The image the pod runs, recorded in what it publishes.
+ENV_IMAGE: Final = "AZAION_IMAGE"
 
 #: Extensions an image file may have on the data volume: what the consumer
 #: writes is what dataset formation takes (ultralytics reads all of them).
@@ -45,4 +40,13 @@ ENCRYPTION_KEY_FILE: Final = f"{ENCRYPTION_KEY_MOUNT}/key"
 
 # Liveness of a trainer: the workload touches this file at least once per
 # progress event; the probe fails when it grows older than the allowed age.
+ENV_HEARTBEAT_FILE: Final = "AZAION_HEARTBEAT_FILE"
 HEARTBEAT_FILE: Final = "/tmp/azaion/heartbeat"  # noqa: S108 - an emptyDir in the pod
+
+# The consumer pod: its offset volume, its private broker CA, its HTTP port
+# (probes and metrics).
+CONSUMER_OFFSET_MOUNT: Final = "/var/lib/azaion-queue"
+CONSUMER_OFFSET_FILE: Final = f"{CONSUMER_OFFSET_MOUNT}/offset.yaml"
+CONSUMER_TLS_CA_MOUNT: Final = "/var/run/secrets/azaion/rabbitmq-ca"
+CONSUMER_TLS_CA_FILE: Final = f"{CONSUMER_TLS_CA_MOUNT}/ca.crt"
+CONSUMER_HTTP_PORT: Final = 8080

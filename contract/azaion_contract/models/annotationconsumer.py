@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from azaion_operator.models.common import (
+from azaion_contract.api import ANNOTATIONCONSUMER_KIND, ANNOTATIONCONSUMER_PLURAL
+from azaion_contract.models.common import (
     DNS_SUBDOMAIN_PATTERN,
     QUANTITY_PATTERN,
     ApiModel,
@@ -16,8 +17,8 @@ from azaion_operator.models.common import (
     Toleration,
 )
 
-KIND = "AnnotationConsumer"
-PLURAL = "annotationconsumers"
+KIND = ANNOTATIONCONSUMER_KIND
+PLURAL = ANNOTATIONCONSUMER_PLURAL
 SINGULAR = "annotationconsumer"
 SHORT_NAMES = ["ac"]
 
@@ -107,7 +108,7 @@ class ConsumerResources(ApiModel):
 class OffsetCommit(ApiModel):
     """How often the offset is stored (always also at shutdown)."""
 
-    every_messages: int = Field(default=100, ge=1, le=100000)
+    every_messages: int = Field(default=500, ge=1, le=100000)
     """Store after this many messages."""
     interval_milliseconds: int = Field(default=1000, ge=10, le=600000)
     """... or after this much time, whichever comes first."""

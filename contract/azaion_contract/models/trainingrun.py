@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
-from azaion_operator.models.common import (
+from azaion_contract.api import TRAININGRUN_KIND, TRAININGRUN_PLURAL
+from azaion_contract.models.common import (
     DNS_SUBDOMAIN_PATTERN,
     QUANTITY_PATTERN,
     ApiModel,
@@ -16,11 +17,11 @@ from azaion_operator.models.common import (
     StatusModel,
     Toleration,
 )
-from azaion_workloads.contract import EXIT_PERMANENT
-from azaion_workloads.training.config import ALLOWED_EXTRA_ARGS, OPTIMIZERS
+from azaion_contract.pod import EXIT_PERMANENT
+from azaion_contract.training_options import ALLOWED_EXTRA_ARGS, OPTIMIZERS
 
-KIND = "TrainingRun"
-PLURAL = "trainingruns"
+KIND = TRAININGRUN_KIND
+PLURAL = TRAININGRUN_PLURAL
 SINGULAR = "trainingrun"
 SHORT_NAMES = ["tr"]
 
@@ -203,7 +204,7 @@ class S3Publish(ApiModel):
     """Endpoint URL (http:// or https://); AWS's when unset."""
     bucket: str = Field(min_length=3, max_length=63)
     """Bucket name."""
-    prefix: str = Field(default="models/", max_length=1024)
+    prefix: str = Field(default="models", max_length=1024)
     """Key prefix of published objects."""
     region: str | None = Field(default=None, max_length=64)
     """Region name."""
