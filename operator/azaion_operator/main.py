@@ -12,10 +12,13 @@ import kopf
 from prometheus_client import start_http_server
 
 from azaion_contract import API_GROUP
+from azaion_operator import resync
+from azaion_operator.config import OperatorConfig
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    memo.resync_task = asyncio.create_task(resync.run_forever(memo.config))
     # Watches can hang silently on a half-open connection: bound them.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -33,6 +36,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.batching.error_delays = [1, 2, 5, 10, 30]
 
 
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo.resync_task.cancel()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The Azaion Kubernetes operator.")
     parser.add_argument("--namespace", action="append", default=[], help="watch only these namespaces")
@@ -42,14 +50,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
+    # The operator's settings, read once before anything starts (a bad value
+    # stops the process with the variable named); handlers get them from the memo.
+    config = OperatorConfig.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.metrics_port:
         start_http_server(args.metrics_port)
-    from azaion_operator import kube
+    from azaion_operator.kit import kube
 
     kube.WATCHED_NAMESPACES[:] = args.namespace
     # Importing the handlers registers them with kopf.
-    from azaion_operator.handlers import annotationconsumer, trainingrun  # noqa: F401
+    from azaion_operator.annotationconsumer import handlers as _consumer  # noqa: F401
+    from azaion_operator.trainingrun import handlers as _trainingrun  # noqa: F401
 
     asyncio.run(
         kopf.operator(
@@ -57,5 +69,6 @@ def main(argv: list[str] | None = None) -> None:
             namespaces=args.namespace,
             liveness_endpoint=args.liveness,
             standalone=True,
+            memo=kopf.Memo(config=config),
         )
     )

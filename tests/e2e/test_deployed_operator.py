@@ -75,7 +75,7 @@ def test_a_training_run_becomes_a_job_and_its_deletion_removes_it(cluster, api_c
 
 def test_an_annotation_consumer_becomes_one_recreate_deployment(api_client, namespace):
     try:
-        from azaion_operator.builders.consumer import deployment_name, offset_claim_name
+        from azaion_operator.annotationconsumer.builders import deployment_name, offset_claim_name
     except ImportError as error:
         pytest.skip(f"the AnnotationConsumer operator is not there yet ({error})")
     core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)

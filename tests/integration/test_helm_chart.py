@@ -24,6 +24,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from azaion_operator.annotationconsumer.builders import deployment_name, offset_claim_name
 from tests.fixtures.kube import REPO, Cluster, prebound_volume
 from tests.fixtures.processes import ManagedProcess, free_port, wait_until
 from tests.fixtures.resources import trainingrun
@@ -617,11 +618,6 @@ def test_upgrade_rollback_uninstall_keep_runs_and_a_running_job_untouched(
 def test_consumer_image_follows_helm_upgrade_and_rollback(
     cluster, api_client, namespace, data_claim, local_operator_stopped, tmp_path
 ):
-    try:
-        from azaion_operator.builders.consumer import deployment_name, offset_claim_name
-        from azaion_operator.handlers import annotationconsumer  # noqa: F401
-    except ImportError as error:
-        pytest.skip(f"the AnnotationConsumer operator is not there yet ({error})")
     release, name = release_name(), "annotations"
     core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
     core.create_namespaced_secret(

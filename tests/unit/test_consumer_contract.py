@@ -7,7 +7,7 @@ import json
 import pytest
 
 from azaion_contract.models.annotationconsumer import AnnotationConsumerSpec, duration_seconds
-from azaion_operator.builders.consumer import build_consumer_identity, build_deployment, build_offset_claim
+from azaion_operator.annotationconsumer.builders import build_consumer_identity, build_deployment, build_offset_claim
 from azaion_operator.config import OperatorConfig
 from azaion_workloads.queue.config import load_config
 

@@ -20,9 +20,9 @@ from azaion_contract.env import (
 )
 from azaion_contract.models.annotationconsumer import AnnotationConsumerSpec
 from azaion_contract.models.trainingrun import TrainingRunSpec
-from azaion_operator.builders.consumer import consumer_env
-from azaion_operator.builders.trainingjob import trainer_env
+from azaion_operator.annotationconsumer.builders import consumer_env
 from azaion_operator.config import OperatorConfig
+from azaion_operator.trainingrun.builders import trainer_env
 from azaion_workloads.queue.config import QueueSettings, load_config
 from azaion_workloads.training.config import TrainingSettings, load_settings
 

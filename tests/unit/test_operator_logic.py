@@ -10,11 +10,11 @@ import pytest
 from azaion_contract.models.trainingrun import TrainingRunSpec
 from azaion_contract.training_options import ALLOWED_EXTRA_ARGS
 from azaion_operator import crdgen
-from azaion_operator.builders.trainingjob import build_job, build_trainer_identity
 from azaion_operator.config import OperatorConfig
-from azaion_operator.lifecycle import Admission, child_rejected, decide, needs_admission
-from azaion_operator.names import job_name
-from azaion_operator.queueing import Waiting, free_gpus, plan
+from azaion_operator.kit.names import job_name
+from azaion_operator.trainingrun.builders import build_job, build_trainer_identity
+from azaion_operator.trainingrun.lifecycle import Admission, child_rejected, decide, needs_admission
+from azaion_operator.trainingrun.queue import Waiting, free_gpus, plan
 
 pytestmark = pytest.mark.unit
 

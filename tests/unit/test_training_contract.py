@@ -16,7 +16,7 @@ from azaion_workloads.training.config import load_settings
 
 pytestmark = pytest.mark.unit
 
-trainingjob = pytest.importorskip("azaion_operator.builders.trainingjob", reason="operator extra not installed")
+trainingjob = pytest.importorskip("azaion_operator.trainingrun.builders", reason="operator extra not installed")
 models = pytest.importorskip("azaion_contract.models.trainingrun")
 config = pytest.importorskip("azaion_operator.config")
 

@@ -29,9 +29,22 @@ class ApiModel(BaseModel):
 
 
 class StatusModel(ApiModel):
-    """Status documents are written by several parties: tolerate what we don't know."""
+    """Status documents are written by several parties: tolerate what we don't know when reading."""
 
     model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def patch(cls, **fields: Any) -> dict[str, Any]:
+        """A merge patch of exactly ``fields`` (Python names), checked against the model.
+
+        Reading tolerates unknown keys; writing does not: a misspelt field is a
+        ``TypeError`` here instead of a key nobody reads. Fields set to None stay
+        in the patch (a merge patch removes them).
+        """
+        unknown = sorted(set(fields) - set(cls.model_fields))
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
+        return cls(**fields).model_dump(by_alias=True, exclude_unset=True, mode="json")
 
 
 class SecretKeyRef(ApiModel):

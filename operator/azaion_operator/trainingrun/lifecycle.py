@@ -10,13 +10,14 @@ restarted operator) yields the same result.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from azaion_contract.models.trainingrun import Phase, TrainingRunSpec
-from azaion_operator.conditions import condition, keep_transition_times
-from azaion_operator.names import job_name
-from azaion_operator.outcomes import AttemptOutcome, classify, is_disrupted, pod_problem
+from azaion_contract.timefmt import parse_rfc3339, rfc3339
+from azaion_operator.kit.conditions import condition, find, keep_transition_times
+from azaion_operator.kit.names import job_name
+from azaion_operator.trainingrun.outcomes import AttemptOutcome, classify, is_disrupted, pod_problem
 
 MAX_BACKOFF = timedelta(minutes=10)
 TERMINAL = {Phase.SUCCEEDED.value, Phase.FAILED.value}
@@ -41,20 +42,19 @@ class Decision:
     #: Reasons of the attempts this decision closed as failed: the failure metric's
     #: increments (a disruption or a retry notice is never one).
     failed_attempts: list[str] = field(default_factory=list)
+    #: Pods newly counted as disrupted: the preemption metric's increment.
+    preemptions: int = 0
 
     @property
     def frees_gpus(self) -> bool:
         return bool(self.delete_jobs) or self.status.get("phase") in TERMINAL | {Phase.SUSPENDED.value}
 
 
-def timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+timestamp = rfc3339
 
 
 def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parse_rfc3339(value) if value else None
 
 
 def needs_admission(spec: TrainingRunSpec, status: dict[str, Any], job: dict[str, Any] | None) -> bool:
@@ -101,7 +101,7 @@ class _Builder:
         status["observedGeneration"] = self.meta.get("generation", 1)
         conditions = _conditions(phase.value, reason, message, timestamp(self.now), self.meta.get("generation", 1))
         status["conditions"] = keep_transition_times(conditions, self.old.get("conditions"))
-        old_progressing = next((c for c in self.old.get("conditions") or [] if c.get("type") == "Progressing"), {})
+        old_progressing = find(self.old.get("conditions"), "Progressing") or {}
         if self.old.get("phase") != phase.value or old_progressing.get("reason") != reason:
             self.decision.events.append((event_type, reason, message))
 
@@ -144,6 +144,28 @@ def _backoff(spec: TrainingRunSpec, failures: int) -> timedelta:
     return min(MAX_BACKOFF, base * (2 ** max(0, failures - 1)))
 
 
+def ttl_expired(spec: TrainingRunSpec, status: dict[str, Any], now: datetime) -> bool:
+    """A finished run whose Jobs and pods are due for deletion (ttlSecondsAfterFinished)."""
+    ttl = spec.ttl_seconds_after_finished
+    finished = parse_time(status.get("completionTime"))
+    return (
+        status.get("phase") in TERMINAL
+        and ttl is not None
+        and finished is not None
+        and now >= finished + timedelta(seconds=ttl)
+    )
+
+
+def count_disruption(status: dict[str, Any], pod: str) -> Decision | None:
+    """A disrupted pod of the current attempt counts once as a preemption; the Job replaces it."""
+    counted = list(status.get("preemptedPods") or [])
+    if pod in counted:
+        return None
+    decision = Decision(status={"preemptedPods": [*counted, pod]}, preemptions=1)
+    decision.events.append(("Warning", "Preempted", f"pod {pod} was disrupted; the Job replaces it"))
+    return decision
+
+
 def decide(
     meta: dict[str, Any],
     spec: TrainingRunSpec,
@@ -160,9 +182,7 @@ def decide(
     attempts = int(status.get("attempts") or 0)
 
     if phase in TERMINAL:
-        ttl = spec.ttl_seconds_after_finished
-        finished = parse_time(status.get("completionTime"))
-        if ttl is not None and finished and now >= finished + timedelta(seconds=ttl) and job is not None:
+        if ttl_expired(spec, status, now) and job is not None:
             b.decision.delete_all_jobs = True
         return b.decision
 

@@ -7,7 +7,9 @@ from typing import Any
 import azaion_contract as contract
 from azaion_contract.env import CONSUMER_ENV
 from azaion_contract.models.annotationconsumer import KIND, PLURAL, AnnotationConsumerSpec
-from azaion_operator.builders.common import (
+from azaion_operator.config import OperatorConfig
+from azaion_operator.kit.names import LABEL_ANNOTATIONCONSUMER, LABEL_MANAGED_BY, MANAGED_BY, bounded
+from azaion_operator.kit.objects import (
     container_security_context,
     env_from_spec,
     env_value,
@@ -15,8 +17,6 @@ from azaion_operator.builders.common import (
     pod_security_context,
     status_reporter_identity,
 )
-from azaion_operator.config import OperatorConfig
-from azaion_operator.names import LABEL_ANNOTATIONCONSUMER, LABEL_MANAGED_BY, MANAGED_BY, bounded
 
 CONTAINER = "consumer"
 HTTP_PORT = contract.CONSUMER_HTTP_PORT

@@ -12,26 +12,25 @@ import kopf
 
 from azaion_contract import API_GROUP, API_VERSION
 from azaion_contract.models.annotationconsumer import PLURAL, AnnotationConsumerSpec
-from azaion_operator import kube, metrics
-from azaion_operator.builders.consumer import (
+from azaion_operator import metrics, resync
+from azaion_operator.annotationconsumer.builders import (
     build_consumer_identity,
     build_deployment,
     build_offset_claim,
     deployment_name,
     offset_claim_name,
 )
+from azaion_operator.annotationconsumer.health import assess, changed
 from azaion_operator.config import OperatorConfig
-from azaion_operator.consumer_health import assess, changed
-from azaion_operator.handlers import resync
-from azaion_operator.names import LABEL_ANNOTATIONCONSUMER
+from azaion_operator.kit import kube
+from azaion_operator.kit.names import LABEL_ANNOTATIONCONSUMER
 
 log = logging.getLogger(__name__)
 
-CONFIG = OperatorConfig.from_env()
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
 
-def ensure_children(namespace: str, name: str) -> None:
+def ensure_children(namespace: str, name: str, config: OperatorConfig) -> None:
     """Offset claim (kept unless deletePolicy Delete), identity, and the Deployment as specified."""
     consumer = kube.get_resource(PLURAL, namespace, name)
     if consumer is None or consumer["metadata"].get("deletionTimestamp"):
@@ -41,7 +40,7 @@ def ensure_children(namespace: str, name: str) -> None:
     kube.create(build_offset_claim(meta, spec))  # an existing claim (and its offset) is reused
     for obj in build_consumer_identity(meta):
         kube.create(obj)
-    kube.apply_deployment(build_deployment(meta, spec, CONFIG))
+    kube.apply_deployment(build_deployment(meta, spec, config))
     kube.patch_status(
         PLURAL,
         namespace,
@@ -67,10 +66,14 @@ def refresh_health(namespace: str, name: str) -> None:
 
 
 @resync.register
-def resync_once() -> None:
+def resync_once(config: OperatorConfig) -> None:
     """Health of every consumer: Stalled and DiskPressure depend on time."""
     phases: dict[str, int] = defaultdict(int)
-    for consumer in kube.list_managed(PLURAL):
+    consumers = kube.list_managed(PLURAL)
+    present = {(c["metadata"]["namespace"], c["metadata"]["name"]) for c in consumers}
+    for key in [k for k in _locks if k not in present and not _locks[k].locked()]:
+        del _locks[key]  # deleted consumers
+    for consumer in consumers:
         meta = consumer["metadata"]
         phases[(consumer.get("status") or {}).get("phase") or "Pending"] += 1
         try:
@@ -85,10 +88,10 @@ def resync_once() -> None:
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.create(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec")
-def on_consumer_changed(namespace: str, name: str, **_: Any) -> None:
+def on_consumer_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     with metrics.RECONCILE_SECONDS.labels("AnnotationConsumer").time():
         with _locks[(namespace, name)]:
-            ensure_children(namespace, name)
+            ensure_children(namespace, name, memo.config)
         refresh_health(namespace, name)
 
 

@@ -6,9 +6,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from azaion_contract.models.annotationconsumer import AnnotationConsumerSpec, ConsumerPhase, duration_seconds
-from azaion_operator.conditions import condition, keep_transition_times
-from azaion_operator.lifecycle import parse_time, timestamp
+from azaion_contract.models.annotationconsumer import (
+    AnnotationConsumerSpec,
+    AnnotationConsumerStatus,
+    ConsumerPhase,
+    duration_seconds,
+)
+from azaion_contract.timefmt import parse_rfc3339
+from azaion_contract.timefmt import rfc3339 as timestamp
+from azaion_operator.kit.conditions import condition, find_in, keep_transition_times
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return parse_rfc3339(value) if value else None
 
 
 @dataclass
@@ -18,10 +28,7 @@ class Health:
 
 
 def _deployment_condition(deployment: dict[str, Any] | None, kind: str) -> dict[str, Any]:
-    for entry in ((deployment or {}).get("status") or {}).get("conditions") or []:
-        if entry.get("type") == kind:
-            return entry
-    return {}
+    return find_in(deployment, kind) or {}
 
 
 def assess(
@@ -34,13 +41,15 @@ def assess(
     """Phase and the Available, Progressing, Stalled and DiskPressure conditions."""
     health = Health()
     stamp, generation = timestamp(now), meta.get("generation", 1)
+    reported_status = AnnotationConsumerStatus.model_validate(status)
+    # Written through the model, so a misspelt key is an error, not a silent new field.
+    update: dict[str, Any] = {}
 
     # Offset bookkeeping: remember when the reported offset last moved.
-    offset = status.get("offset")
-    changed_at = parse_time(status.get("offsetChangedAt"))
-    if offset != status.get("seenOffset") or changed_at is None:
-        health.status["seenOffset"] = offset
-        health.status["offsetChangedAt"] = stamp
+    offset = reported_status.offset
+    changed_at = parse_time(reported_status.offset_changed_at)
+    if offset != reported_status.seen_offset or changed_at is None:
+        update.update(seen_offset=offset, offset_changed_at=stamp)
         changed_at = now
 
     available = _deployment_condition(deployment, "Available")
@@ -48,8 +57,8 @@ def assess(
     is_available = available.get("status") == "True"
 
     stall_after = duration_seconds(spec.stall_after)
-    reported = parse_time(status.get("reportedAt"))
-    waiting = status.get("messagesWaiting")
+    reported = parse_time(reported_status.reported_at)
+    waiting = reported_status.messages_waiting
     stalled, stall_message = False, "the offset advances or nothing is waiting"
     if is_available and reported is not None and (now - reported).total_seconds() > stall_after:
         stalled = True
@@ -61,7 +70,7 @@ def assess(
             f"while {waiting} messages wait"
         )
 
-    disk = status.get("diskUsagePercent")
+    disk = reported_status.disk_usage_percent
     pressure = disk is not None and disk >= spec.disk.warn_percent
     if pressure and disk >= spec.disk.critical_percent:
         disk_reason, disk_message = "DiskCritical", f"data volume {disk:.1f}% full: consuming paused"
@@ -107,7 +116,8 @@ def assess(
         phase = ConsumerPhase.DEGRADED
     else:
         phase = ConsumerPhase.RUNNING
-    health.status.update(phase=phase.value, conditions=conditions, observedGeneration=generation)
+    update.update(phase=phase, conditions=conditions, observed_generation=generation)
+    health.status = AnnotationConsumerStatus.patch(**update)
     return health
 
 

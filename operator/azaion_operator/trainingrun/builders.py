@@ -7,17 +7,8 @@ from typing import Any
 import azaion_contract as contract
 from azaion_contract.env import TRAINING_ENV
 from azaion_contract.models.trainingrun import KIND, PLURAL, TrainingRunSpec
-from azaion_operator.builders.common import (
-    container_security_context,
-    downward_env,
-    env_from_spec,
-    env_value,
-    owner_reference,
-    pod_security_context,
-    status_reporter_identity,
-)
 from azaion_operator.config import OperatorConfig
-from azaion_operator.names import (
+from azaion_operator.kit.names import (
     LABEL_ATTEMPT,
     LABEL_MANAGED_BY,
     LABEL_TRAININGRUN,
@@ -25,6 +16,15 @@ from azaion_operator.names import (
     TRAINER_CONTAINER,
     job_name,
     trainer_service_account,
+)
+from azaion_operator.kit.objects import (
+    container_security_context,
+    downward_env,
+    env_from_spec,
+    env_value,
+    owner_reference,
+    pod_security_context,
+    status_reporter_identity,
 )
 
 TMP_MOUNT = "/tmp"  # noqa: S108 - an emptyDir: the root filesystem is read-only

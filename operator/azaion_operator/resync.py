@@ -10,37 +10,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
-
-import kopf
 
 from azaion_operator.config import OperatorConfig
 
 log = logging.getLogger(__name__)
 
-_tasks: list[Callable[[], None]] = []
+_tasks: list[Callable[[OperatorConfig], None]] = []
 
 
-def register(task: Callable[[], None]) -> Callable[[], None]:
+def register(task: Callable[[OperatorConfig], None]) -> Callable[[OperatorConfig], None]:
     _tasks.append(task)
     return task
 
 
-async def _forever(interval: float) -> None:
+async def run_forever(config: OperatorConfig) -> None:
+    """Every registered task, every ``reconcile_interval_seconds``, each in a worker thread."""
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(config.reconcile_interval_seconds)
         for task in _tasks:
             try:
-                await asyncio.to_thread(task)
+                await asyncio.to_thread(task, config)
             except Exception:
                 log.exception("periodic %s failed", task.__name__)
-
-
-@kopf.on.startup()
-async def start_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.resync_task = asyncio.create_task(_forever(OperatorConfig.from_env().reconcile_interval_seconds))
-
-
-@kopf.on.cleanup()
-async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.resync_task.cancel()

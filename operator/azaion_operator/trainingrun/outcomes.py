@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from azaion_operator.names import TRAINER_CONTAINER
+from azaion_operator.kit.conditions import find, find_in
+from azaion_operator.kit.names import TRAINER_CONTAINER
 
 OutcomeKind = Literal["Running", "Succeeded", "Failed", "Preempted", "PermanentError", "DeadlineExceeded"]
 
@@ -26,10 +27,9 @@ class AttemptOutcome:
 
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for condition in (obj.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == kind and condition.get("status") == "True":
-            return condition
-    return None
+    """The condition ``kind`` of ``obj`` when it holds."""
+    found = find_in(obj, kind)
+    return found if found and found.get("status") == "True" else None
 
 
 def trainer_termination(pod: dict[str, Any]) -> dict[str, Any] | None:
@@ -106,7 +106,7 @@ def pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
                 return "ImagePullBackOff", f"cannot pull image {container.get('image')}: {waiting.get('message', '')}"
             if waiting.get("reason") == "CreateContainerConfigError":
                 return "CreateContainerConfigError", waiting.get("message", "")
-        scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), None)
+        scheduled = find(status.get("conditions"), "PodScheduled")
         if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
             return "Unschedulable", scheduled.get("message", "no node can run the training pod")
     return None

@@ -16,6 +16,16 @@ def condition(kind: str, holds: bool, reason: str, message: str, now: str, gener
     }
 
 
+def find(conditions: list[dict[str, Any]] | None, kind: str) -> dict[str, Any] | None:
+    """The condition of type ``kind`` in a status's list, if there is one."""
+    return next((entry for entry in conditions or [] if entry.get("type") == kind), None)
+
+
+def find_in(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    """The condition of type ``kind`` of any object (Job, pod, Deployment, our resources)."""
+    return find(((obj or {}).get("status") or {}).get("conditions"), kind)
+
+
 def keep_transition_times(new: list[dict[str, Any]], old: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """A condition whose status and reason did not change keeps its old transition time."""
     previous = {c.get("type"): c for c in old or []}

@@ -11,7 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from azaion_contract.models.trainingrun import Phase, TrainingRunSpec
+
 Key = tuple[str, str]  # (namespace, name)
+_FINISHED = {Phase.SUCCEEDED.value, Phase.FAILED.value}
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,34 @@ def plan(waiting: Iterable[Waiting], free_gpus: int) -> Plan:
             blocked = True
             positions[entry.key] = len(positions) + 1
     return Plan(admitted=admitted, positions=positions)
+
+
+def line_up(runs: Iterable[dict[str, Any]], asking: Key) -> tuple[list[Waiting], int]:
+    """The GPU runs waiting for admission, and the GPUs the others hold.
+
+    A run with an attempt under way (or between attempts, in retry backoff)
+    keeps its GPUs; the run asking now does not count against itself. Suspended
+    and finished runs neither wait nor hold; CPU runs never enter the queue.
+    """
+    waiting: list[Waiting] = []
+    reserved = 0
+    for run in runs:
+        meta, status = run["metadata"], run.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        try:
+            spec = TrainingRunSpec.model_validate(run["spec"])
+        except ValueError:
+            continue
+        if spec.resources.gpus == 0 or status.get("phase") in _FINISHED:
+            continue
+        key = (meta["namespace"], meta["name"])
+        active = status.get("phase") in (Phase.PENDING, Phase.RUNNING) and status.get("jobName")
+        if active and key != asking:
+            reserved += spec.resources.gpus
+        elif not spec.suspend:
+            waiting.append(Waiting(key, spec.priority, meta["creationTimestamp"], spec.resources.gpus))
+    return waiting, reserved
 
 
 def _gpu_request(pod: dict[str, Any]) -> int:

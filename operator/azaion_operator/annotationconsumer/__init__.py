@@ -1,0 +1,1 @@
+"""The AnnotationConsumer controller: handlers, builders of its Deployment and offset claim, its health conditions."""

@@ -1,0 +1,1 @@
+"""What every resource kind's controller shares: conditions, the API client, names, object metadata."""

@@ -1,0 +1,179 @@
+"""One TrainingRun reconcile: gather its state from the API server, :func:`decide`, apply the result.
+
+Every trigger (the run changed, its Job or pod changed, the periodic resync)
+ends in :func:`reconcile`, serialised per run, which reads fresh state, so a
+replayed or missed event changes nothing. Admission to the GPU queue is
+serialised across runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+
+from kubernetes.client.exceptions import ApiException
+
+from azaion_contract.models.trainingrun import PLURAL, Phase, TrainingRunSpec
+from azaion_contract.timefmt import now
+from azaion_operator import metrics
+from azaion_operator.config import OperatorConfig
+from azaion_operator.kit import kube
+from azaion_operator.kit.names import LABEL_TRAININGRUN, job_name
+from azaion_operator.trainingrun.builders import build_job, build_trainer_identity
+from azaion_operator.trainingrun.lifecycle import (
+    Admission,
+    Decision,
+    child_rejected,
+    count_disruption,
+    decide,
+    needs_admission,
+)
+from azaion_operator.trainingrun.queue import free_gpus, line_up, plan
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+_run_locks: defaultdict[Key, threading.Lock] = defaultdict(threading.Lock)
+_admission_lock = threading.Lock()
+#: When each run was last reconciled (monotonic seconds): the resync's safety net.
+last_reconciled: dict[Key, float] = {}
+
+
+def forget_except(present: Iterable[Key]) -> None:
+    """Drop the bookkeeping of runs that no longer exist (their locks, when not held)."""
+    keep = set(present)
+    for key in [k for k in _run_locks if k not in keep]:
+        if not _run_locks[key].locked():
+            del _run_locks[key]
+    for key in [k for k in last_reconciled if k not in keep]:
+        del last_reconciled[key]
+
+
+def reconcile(namespace: str, name: str, config: OperatorConfig) -> Decision | None:
+    """Bring one run one step closer to its spec. Safe to call any number of times."""
+    started = time.monotonic()
+    with _run_locks[(namespace, name)]:
+        last_reconciled[(namespace, name)] = time.monotonic()
+        try:
+            return _reconcile_locked(namespace, name, config)
+        except Exception:
+            metrics.RECONCILE_ERRORS.labels("TrainingRun").inc()
+            raise
+        finally:
+            metrics.RECONCILE_SECONDS.labels("TrainingRun").observe(time.monotonic() - started)
+
+
+def record_disruption(namespace: str, run_name: str, pod: str) -> bool:
+    """Count a disrupted pod of the run once (the Job replaces it); True when it was new."""
+    with _run_locks[(namespace, run_name)]:
+        run = kube.get_resource(PLURAL, namespace, run_name)
+        if run is None:
+            return False
+        decision = count_disruption(run.get("status") or {}, pod)
+        if decision is None:
+            return False
+        kube.patch_status(PLURAL, namespace, run_name, decision.status)
+        _record(run, decision)
+        return True
+
+
+def _admission(namespace: str, name: str) -> Admission:
+    """Where this run stands in the GPU queue, from all runs and the GPUs other pods hold."""
+    waiting, reserved = line_up(kube.list_resources(PLURAL), (namespace, name))
+    foreign_pods = kube.list_pods(None, f"!{LABEL_TRAININGRUN}")
+    decision = plan(waiting, free_gpus(kube.list_nodes(), foreign_pods, reserved))
+    metrics.QUEUE_LENGTH.set(len(decision.positions))
+    key = (namespace, name)
+    return Admission(admitted=key in decision.admitted, position=decision.positions.get(key))
+
+
+def _reconcile_locked(namespace: str, name: str, config: OperatorConfig) -> Decision | None:
+    run = kube.get_resource(PLURAL, namespace, name)
+    if run is None or run["metadata"].get("deletionTimestamp"):
+        return None
+    spec = TrainingRunSpec.model_validate(run["spec"])
+    status = run.get("status") or {}
+    if status.get("rejectedGeneration") == run["metadata"].get("generation"):
+        return None  # refused by the API server; nothing changes until the spec does
+    attempts = int(status.get("attempts") or 0)
+    job = kube.read_job(namespace, job_name(name, attempts)) if attempts else None
+    pods = kube.list_pods(namespace, f"job-name={job_name(name, attempts)}") if job else []
+
+    if needs_admission(spec, status, job):
+        with _admission_lock:
+            admission = _admission(namespace, name)
+            decision = decide(run["metadata"], spec, status, job, pods, now(), config.training_image, admission)
+            _apply(run, spec, decision, config)
+    else:
+        decision = decide(run["metadata"], spec, status, job, pods, now(), config.training_image)
+        _apply(run, spec, decision, config)
+    if decision.frees_gpus:
+        threading.Thread(target=wake_queue, args=(config,), name="wake-queue", daemon=True).start()
+    return decision
+
+
+def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: OperatorConfig) -> None:
+    meta = run["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    status = run.get("status") or {}
+    if decision.create_attempt is not None:
+        image = status.get("image") or decision.status.get("image") or config.training_image
+        job = build_job(meta, spec, decision.create_attempt, image, config, decision.job_deadline_seconds)
+        try:
+            for obj in [*build_trainer_identity(meta), job]:
+                created = kube.create(obj)
+        except ApiException as error:
+            if error.status not in (400, 422):
+                raise
+            _refused(run, obj["kind"], error)
+            return
+        if created:
+            metrics.ATTEMPTS.inc()
+        if status.get("rejectedGeneration") is not None:
+            decision.status["rejectedGeneration"] = None  # the changed spec went through
+    for job_to_delete in decision.delete_jobs:
+        kube.delete_job(namespace, job_to_delete)
+    if decision.delete_all_jobs:
+        kube.delete_jobs(namespace, f"{LABEL_TRAININGRUN}={name}")
+    if decision.status:
+        kube.patch_status(PLURAL, namespace, name, decision.status)
+    _record(run, decision)
+
+
+def _record(run: dict, decision: Decision) -> None:
+    """The decision's metric deltas and Events (after its status is written)."""
+    for reason in decision.failed_attempts:
+        metrics.FAILURES.labels(reason).inc()
+    if decision.preemptions:
+        metrics.PREEMPTIONS.inc(decision.preemptions)
+    for event_type, reason, message in decision.events:
+        kube.post_event(run, event_type, reason, message)
+
+
+def _refused(run: dict, kind: str, error: ApiException) -> None:
+    """A child the API server will never accept as built: a condition and one Event, no hot retries."""
+    try:
+        api_message = json.loads(error.body or "{}").get("message") or str(error.reason)
+    except ValueError:
+        api_message = str(error.reason)
+    meta = run["metadata"]
+    decision = child_rejected(meta, run.get("status") or {}, kind, api_message, now())
+    kube.patch_status(PLURAL, meta["namespace"], meta["name"], decision.status)
+    metrics.CHILD_REJECTIONS.labels("TrainingRun", kind).inc()
+    _record(run, decision)
+
+
+def wake_queue(config: OperatorConfig) -> None:
+    """A run let go of GPUs: look at the queued runs now instead of at the next resync."""
+    queued = [r for r in kube.list_managed(PLURAL) if (r.get("status") or {}).get("phase") == Phase.QUEUED]
+    queued.sort(key=lambda r: (r.get("status") or {}).get("queuePosition") or 0)
+    for other in queued:
+        try:
+            reconcile(other["metadata"]["namespace"], other["metadata"]["name"], config)
+        except Exception:  # the resync retries; one bad run must not block the rest
+            log.exception("reconcile of queued run %s failed", other["metadata"]["name"])
