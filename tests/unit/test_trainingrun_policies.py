@@ -74,3 +74,14 @@ def test_a_status_patch_refuses_a_misspelt_field() -> None:
     assert AnnotationConsumerStatus.patch(seen_offset=None, phase="Running") == {"seenOffset": None, "phase": "Running"}
     with pytest.raises(TypeError, match="no field seen_ofset"):
         AnnotationConsumerStatus.patch(seen_ofset=3)
+
+
+def test_the_run_status_writer_refuses_unknown_keys_and_bad_values() -> None:
+    from azaion_contract.models.trainingrun import TrainingRunStatus
+
+    good = {"phase": "Queued", "queuePosition": 2, "rejectedGeneration": None}
+    assert TrainingRunStatus.checked(good) is good
+    with pytest.raises(TypeError, match="no field queuePositon"):
+        TrainingRunStatus.checked({"queuePositon": 2})
+    with pytest.raises(ValueError, match="phase"):
+        TrainingRunStatus.checked({"phase": "Finished"})

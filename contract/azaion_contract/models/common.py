@@ -46,6 +46,16 @@ class StatusModel(ApiModel):
             raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
         return cls(**fields).model_dump(by_alias=True, exclude_unset=True, mode="json")
 
+    @classmethod
+    def checked(cls, patch: dict[str, Any]) -> dict[str, Any]:
+        """``patch`` (wire names) unchanged, once every key is a field and every value has its type."""
+        known = {info.alias or name for name, info in cls.model_fields.items()}
+        unknown = sorted(set(patch) - known)
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
+        cls.model_validate({key: value for key, value in patch.items() if value is not None})
+        return patch
+
 
 class SecretKeyRef(ApiModel):
     """A key in a Secret in the resource's namespace."""

@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 
 from azaion_contract import API_GROUP, API_VERSION
-from azaion_contract.models.annotationconsumer import PLURAL, AnnotationConsumerSpec
+from azaion_contract.models.annotationconsumer import PLURAL, AnnotationConsumerSpec, AnnotationConsumerStatus
 from azaion_operator import metrics, resync
 from azaion_operator.annotationconsumer.builders import (
     build_consumer_identity,
@@ -45,7 +45,9 @@ def ensure_children(namespace: str, name: str, config: OperatorConfig) -> None:
         PLURAL,
         namespace,
         name,
-        {"deploymentName": deployment_name(name), "offsetClaimName": offset_claim_name(name)},
+        AnnotationConsumerStatus.patch(
+            deployment_name=deployment_name(name), offset_claim_name=offset_claim_name(name)
+        ),
     )
 
 

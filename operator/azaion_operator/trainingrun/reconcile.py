@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from kubernetes.client.exceptions import ApiException
 
-from azaion_contract.models.trainingrun import PLURAL, Phase, TrainingRunSpec
+from azaion_contract.models.trainingrun import PLURAL, Phase, TrainingRunSpec, TrainingRunStatus
 from azaion_contract.timefmt import now
 from azaion_operator import metrics
 from azaion_operator.config import OperatorConfig
@@ -77,7 +77,7 @@ def record_disruption(namespace: str, run_name: str, pod: str) -> bool:
         decision = count_disruption(run.get("status") or {}, pod)
         if decision is None:
             return False
-        kube.patch_status(PLURAL, namespace, run_name, decision.status)
+        _write_status(namespace, run_name, decision.status)
         _record(run, decision)
         return True
 
@@ -141,8 +141,13 @@ def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: Operato
     if decision.delete_all_jobs:
         kube.delete_jobs(namespace, f"{LABEL_TRAININGRUN}={name}")
     if decision.status:
-        kube.patch_status(PLURAL, namespace, name, decision.status)
+        _write_status(namespace, name, decision.status)
     _record(run, decision)
+
+
+def _write_status(namespace: str, name: str, patch: dict) -> None:
+    """The one writer of a run's status: every key checked against the contract's status model."""
+    kube.patch_status(PLURAL, namespace, name, TrainingRunStatus.checked(patch))
 
 
 def _record(run: dict, decision: Decision) -> None:
@@ -163,7 +168,7 @@ def _refused(run: dict, kind: str, error: ApiException) -> None:
         api_message = str(error.reason)
     meta = run["metadata"]
     decision = child_rejected(meta, run.get("status") or {}, kind, api_message, now())
-    kube.patch_status(PLURAL, meta["namespace"], meta["name"], decision.status)
+    _write_status(meta["namespace"], meta["name"], decision.status)
     metrics.CHILD_REJECTIONS.labels("TrainingRun", kind).inc()
     _record(run, decision)
 
