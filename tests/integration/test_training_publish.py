@@ -24,8 +24,9 @@ from boto3.s3.transfer import TransferConfig
 
 from azaion_workloads.heartbeat import Heartbeat
 from azaion_workloads.status import FileStatusReporter
+from azaion_workloads.training import crypto
 from azaion_workloads.training.config import load_settings
-from azaion_workloads.training.pipeline import Pipeline
+from azaion_workloads.training.pipeline import ENCRYPT_ENGINE_DONE, Pipeline
 from azaion_workloads.training.progress import Progress, StopFlag
 from azaion_workloads.training.publish import MiB, Publisher, S3Target, small_part_size
 from azaion_workloads.training.train import TrainingResult
@@ -167,7 +168,9 @@ def test_split_upload_compat_mode(
     assert upload["data"] == data[:small]
 
     manifest = json.loads(
-        s3_server.client().get_object(Bucket=bucket, Key="azaion/runs/local/split/manifest.json")["Body"].read()
+        s3_server.client()
+        .get_object(Bucket=bucket, Key=f"{settings.s3_prefix}/runs/local/split/manifest.json")["Body"]
+        .read()
     )
     (artifact,) = manifest["artifacts"]
     big = artifact["split"]["big"]
@@ -181,4 +184,64 @@ def test_split_upload_compat_mode(
     assert len(fake_api.uploads) == 1 and fake_api.logins == 2
 
     status = json.loads((tmp_path / "status.json").read_text())
-    assert status["artifacts"]["manifestUri"] == f"s3://{bucket}/azaion/runs/local/split/manifest.json"
+    assert status["artifacts"]["manifestUri"] == f"s3://{bucket}/{settings.s3_prefix}/runs/local/split/manifest.json"
+
+
+def test_tensorrt_engine_is_encrypted_and_published_beside_the_model(
+    tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No GPU here: a stand-in engine file goes through the pipeline's encrypt and publish steps."""
+    bucket = s3_server.new_bucket()
+    root = tmp_path / "root"
+    env = {"AZAION_ROOT_DIR": str(root), "AZAION_RESOURCE_NAME": "engine", "S3_BUCKET": bucket}
+    env["S3_ENDPOINT"] = s3_server.endpoint
+    for name, value in s3_server.env().items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)  # boto3 reads the credentials from the environment
+    settings = load_settings(env)
+    artifacts = settings.run_dir / "artifacts"
+    artifacts.mkdir(parents=True)
+    onnx, engine = artifacts / "azaion.onnx", artifacts / "azaion.cc_8.9_sm_128.engine"
+    onnx.write_bytes(os.urandom(5000))
+    engine.write_bytes(os.urandom(70_000))
+    onnx_sha, engine_sha = (hashlib.sha256(p.read_bytes()).hexdigest() for p in (onnx, engine))
+    key = os.urandom(32)
+    status_file = tmp_path / "status.json"
+    progress = Progress(FileStatusReporter(status_file), Heartbeat(tmp_path / "hb"), StopFlag())
+    pipeline = Pipeline(settings, progress)
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"pt")
+    result = TrainingResult(best, "pt-sha", 1, {"map50": 0.5})
+
+    def publish() -> None:
+        model_record = pipeline.encrypt(onnx, onnx_sha, key, "key-1")
+        engine_record = pipeline.encrypt(engine, engine_sha, key, "key-1", done_name=ENCRYPT_ENGINE_DONE)
+        pipeline.publish(model_record, onnx_sha, result, "key-1", engine=engine_record)
+
+    publish()
+    client = s3_server.client()
+    manifest_key = f"{settings.s3_prefix}/runs/local/engine/manifest.json"
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    model_entry, engine_entry = manifest["artifacts"]
+    assert model_entry["name"] == "azaion.onnx.enc" and "format" not in model_entry
+    assert engine_entry["name"] == "azaion.cc_8.9_sm_128.engine.enc"
+    assert engine_entry["format"] == "tensorrt"
+    assert engine_entry["plainSha256"] == engine_sha
+    assert engine_entry["encryption"] == {"algorithm": "AES-256-GCM", "formatVersion": crypto.VERSION, "keyId": "key-1"}
+    published = tmp_path / "engine.enc"
+    published.write_bytes(client.get_object(Bucket=bucket, Key=engine_entry["key"])["Body"].read())
+    assert hashlib.sha256(published.read_bytes()).hexdigest() == engine_entry["sha256"]
+    assert published.stat().st_size == engine_entry["size"]
+    crypto.decrypt_file(published, tmp_path / "engine.plain", key)
+    assert (tmp_path / "engine.plain").read_bytes() == engine.read_bytes()
+
+    status = json.loads(status_file.read_text())["artifacts"]
+    manifest_uri = f"s3://{bucket}/{manifest_key}"
+    assert status["tensorrtUri"] == engine_entry["uri"] == f"s3://{bucket}/{engine_entry['key']}"
+    assert status["publishedUris"] == [model_entry["uri"], engine_entry["uri"], manifest_uri]
+    assert status["encrypted"].endswith("azaion.onnx.enc")  # the engine does not replace the model's record
+
+    # A retry re-encrypts and uploads nothing, and leaves the manifest as it was.
+    head = client.head_object(Bucket=bucket, Key=manifest_key)
+    publish()
+    assert client.head_object(Bucket=bucket, Key=manifest_key)["ETag"] == head["ETag"]

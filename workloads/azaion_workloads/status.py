@@ -13,14 +13,34 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel
 
 import azaion_contract as contract
+from azaion_contract.models.common import StatusModel
 from azaion_workloads.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 _SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+M = TypeVar("M", bound=StatusModel)
+
+
+def build(model: type[M], **fields: Any) -> M:
+    """A status model from Python field names; an unknown (or camelCase) name raises ``TypeError``."""
+    return model.strict(**fields)
+
+
+def patch(model: BaseModel) -> dict[str, Any]:
+    """The merge-patch document of ``model``: camelCase, only the keys that were set.
+
+    Status reports are merge patches, so a key left out keeps its value on
+    the server while a key sent as null would delete it: send only set keys.
+    """
+    return model.model_dump(by_alias=True, exclude_unset=True, exclude_none=True, mode="json")
 
 
 class StatusReporter(Protocol):

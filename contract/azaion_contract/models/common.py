@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -34,17 +34,22 @@ class StatusModel(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
     @classmethod
-    def patch(cls, **fields: Any) -> dict[str, Any]:
-        """A merge patch of exactly ``fields`` (Python names), checked against the model.
+    def strict(cls, **fields: Any) -> Self:
+        """The model of exactly ``fields`` (Python names), refusing unknown ones.
 
-        Reading tolerates unknown keys; writing does not: a misspelt field is a
-        ``TypeError`` here instead of a key nobody reads. Fields set to None stay
-        in the patch (a merge patch removes them).
+        Reading tolerates unknown keys (several parties write one status);
+        writing does not: a misspelt field is a ``TypeError`` here instead of a
+        key nobody reads.
         """
         unknown = sorted(set(fields) - set(cls.model_fields))
         if unknown:
             raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
-        return cls(**fields).model_dump(by_alias=True, exclude_unset=True, mode="json")
+        return cls(**fields)
+
+    @classmethod
+    def patch(cls, **fields: Any) -> dict[str, Any]:
+        """A merge patch of exactly ``fields``; fields set to None stay in it (a merge patch removes them)."""
+        return cls.strict(**fields).model_dump(by_alias=True, exclude_unset=True, mode="json")
 
     @classmethod
     def checked(cls, patch: dict[str, Any]) -> dict[str, Any]:

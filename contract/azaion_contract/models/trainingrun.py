@@ -383,6 +383,12 @@ class Artifacts(StatusModel):
     """Encrypted model relative to the data root."""
     encrypted_sha256: str | None = None
     """SHA-256 of the encrypted file."""
+    tensorrt: str | None = None
+    """TensorRT engine relative to the data root (built only on a GPU, for that GPU kind)."""
+    tensorrt_sha256: str | None = None
+    """SHA-256 of the TensorRT engine."""
+    tensorrt_uri: str | None = None
+    """URI of the published (encrypted) TensorRT engine."""
     manifest_uri: str | None = None
     """URI of the published manifest (written last: its presence means the publish is complete)."""
     published_uris: list[str] | None = None

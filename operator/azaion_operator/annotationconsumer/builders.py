@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import azaion_contract as contract
+from azaion_contract import LABEL_ANNOTATIONCONSUMER, LABEL_MANAGED_BY, MANAGED_BY
 from azaion_contract.env import CONSUMER_ENV
 from azaion_contract.models.annotationconsumer import KIND, PLURAL, AnnotationConsumerSpec
 from azaion_operator.config import OperatorConfig
-from azaion_operator.kit.names import LABEL_ANNOTATIONCONSUMER, LABEL_MANAGED_BY, MANAGED_BY, bounded
+from azaion_operator.kit.names import bounded
 from azaion_operator.kit.objects import (
     container_security_context,
     env_from_spec,

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from azaion_contract import API_GROUP, API_VERSION
+from azaion_contract import API_GROUP, API_VERSION, LABEL_ANNOTATIONCONSUMER
 from azaion_contract.models.annotationconsumer import PLURAL, AnnotationConsumerSpec, AnnotationConsumerStatus
 from azaion_operator import metrics, resync
 from azaion_operator.annotationconsumer.builders import (
@@ -23,7 +23,6 @@ from azaion_operator.annotationconsumer.builders import (
 from azaion_operator.annotationconsumer.health import assess, changed
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit import kube
-from azaion_operator.kit.names import LABEL_ANNOTATIONCONSUMER
 
 log = logging.getLogger(__name__)
 

@@ -8,27 +8,6 @@ from __future__ import annotations
 
 import hashlib
 
-from azaion_contract import (
-    LABEL_ANNOTATIONCONSUMER,
-    LABEL_ATTEMPT,
-    LABEL_MANAGED_BY,
-    LABEL_TRAININGRUN,
-    MANAGED_BY,
-    TRAINER_CONTAINER,
-)
-
-__all__ = [
-    "LABEL_ANNOTATIONCONSUMER",
-    "LABEL_ATTEMPT",
-    "LABEL_MANAGED_BY",
-    "LABEL_TRAININGRUN",
-    "MANAGED_BY",
-    "TRAINER_CONTAINER",
-    "bounded",
-    "job_name",
-    "trainer_service_account",
-]
-
 _MAX_LABEL_VALUE = 63
 
 

@@ -5,18 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import azaion_contract as contract
+from azaion_contract import LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_TRAININGRUN, MANAGED_BY, TRAINER_CONTAINER
 from azaion_contract.env import TRAINING_ENV
 from azaion_contract.models.trainingrun import KIND, PLURAL, TrainingRunSpec
 from azaion_operator.config import OperatorConfig
-from azaion_operator.kit.names import (
-    LABEL_ATTEMPT,
-    LABEL_MANAGED_BY,
-    LABEL_TRAININGRUN,
-    MANAGED_BY,
-    TRAINER_CONTAINER,
-    job_name,
-    trainer_service_account,
-)
+from azaion_operator.kit.names import job_name, trainer_service_account
 from azaion_operator.kit.objects import (
     container_security_context,
     downward_env,

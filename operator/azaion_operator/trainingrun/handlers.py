@@ -9,13 +9,12 @@ from typing import Any
 
 import kopf
 
-from azaion_contract import API_GROUP, API_VERSION
+from azaion_contract import API_GROUP, API_VERSION, LABEL_TRAININGRUN
 from azaion_contract.models.trainingrun import PLURAL, Phase, TrainingRunSpec
 from azaion_contract.timefmt import now
 from azaion_operator import metrics, resync
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit import kube
-from azaion_operator.kit.names import LABEL_TRAININGRUN
 from azaion_operator.trainingrun import reconcile as controller
 from azaion_operator.trainingrun.lifecycle import TERMINAL, ttl_expired
 from azaion_operator.trainingrun.outcomes import is_disrupted

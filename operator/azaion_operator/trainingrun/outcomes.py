@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from azaion_contract import TRAINER_CONTAINER
 from azaion_operator.kit.conditions import find, find_in
-from azaion_operator.kit.names import TRAINER_CONTAINER
 
 OutcomeKind = Literal["Running", "Succeeded", "Failed", "Preempted", "PermanentError", "DeadlineExceeded"]
 

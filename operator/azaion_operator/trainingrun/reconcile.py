@@ -17,12 +17,13 @@ from collections.abc import Iterable
 
 from kubernetes.client.exceptions import ApiException
 
+from azaion_contract import LABEL_TRAININGRUN
 from azaion_contract.models.trainingrun import PLURAL, Phase, TrainingRunSpec, TrainingRunStatus
 from azaion_contract.timefmt import now
 from azaion_operator import metrics
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit import kube
-from azaion_operator.kit.names import LABEL_TRAININGRUN, job_name
+from azaion_operator.kit.names import job_name
 from azaion_operator.trainingrun.builders import build_job, build_trainer_identity
 from azaion_operator.trainingrun.lifecycle import (
     Admission,

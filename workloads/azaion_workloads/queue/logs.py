@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import Any
 
+from azaion_contract.timefmt import rfc3339
+
 # Attributes every LogRecord has; anything else came in through ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -24,9 +26,7 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": rfc3339(dt.datetime.fromtimestamp(record.created, dt.UTC), milliseconds=True),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from azaion_contract.timefmt import rfc3339
 from azaion_workloads.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class OffsetFile:
 
     def save(self, state: OffsetState) -> None:
         document = state.model_dump(by_alias=True, mode="json", exclude_none=True)
-        document["updatedAt"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        document["updatedAt"] = rfc3339(milliseconds=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, yaml.safe_dump(document, sort_keys=False).encode())
 

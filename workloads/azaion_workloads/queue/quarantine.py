@@ -13,6 +13,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from azaion_contract.timefmt import rfc3339, rfc3339_from_millis
 from azaion_workloads.fsutil import atomic_write_bytes
 from azaion_workloads.queue.durability import PendingDirectories
 from azaion_workloads.queue.wire import MalformedMessage
@@ -59,4 +60,7 @@ class Quarantine:
 def _iso(milliseconds: int | None) -> str | None:
     if not milliseconds:
         return None
-    return dt.datetime.fromtimestamp(milliseconds / 1000, dt.UTC).isoformat().replace("+00:00", "Z")
+    if milliseconds % 1000 == 0:
+        # Whole seconds carry no fraction, as records always had (replays rewrite identical files).
+        return rfc3339(dt.datetime.fromtimestamp(milliseconds // 1000, dt.UTC))
+    return rfc3339_from_millis(milliseconds)

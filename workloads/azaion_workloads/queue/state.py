@@ -11,14 +11,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from azaion_contract.models.annotationconsumer import AnnotationConsumerStatus
+from azaion_contract.timefmt import rfc3339
+from azaion_workloads.status import build, patch
+
 #: /healthz fails when the event loop has not ticked for this long.
 LOOP_STALE_SECONDS = 30.0
 #: ... or when one message has been in hand for this long (a hung disk).
 IN_HAND_STALE_SECONDS = 300.0
-
-
-def rfc3339(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -100,20 +100,20 @@ class ConsumerState:
         return problems
 
     def status_fields(self) -> dict[str, Any]:
-        """The AnnotationConsumer status keys this workload owns."""
+        """The AnnotationConsumer status keys this workload owns (a merge patch: unknowns left out)."""
         fields: dict[str, Any] = {
-            "messagesProcessed": self.messages_processed,
-            "messagesQuarantined": self.messages_quarantined,
+            "messages_processed": self.messages_processed,
+            "messages_quarantined": self.messages_quarantined,
             "connected": self.connected,
-            "reportedAt": rfc3339(dt.datetime.now(dt.UTC)),
+            "reported_at": rfc3339(milliseconds=True),
         }
         if self.processed_offset is not None:
             fields["offset"] = self.processed_offset
         if self.last_message_time is not None:
-            fields["lastMessageTime"] = rfc3339(self.last_message_time)
+            fields["last_message_time"] = rfc3339(self.last_message_time, milliseconds=True)
         if self.disk_percent is not None:
-            fields["diskUsagePercent"] = round(self.disk_percent, 2)
+            fields["disk_usage_percent"] = round(self.disk_percent, 2)
         waiting = self.messages_waiting()
         if waiting is not None:
-            fields["messagesWaiting"] = waiting
-        return fields
+            fields["messages_waiting"] = waiting
+        return patch(build(AnnotationConsumerStatus, **fields))

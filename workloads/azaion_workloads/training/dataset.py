@@ -21,7 +21,6 @@ import logging
 import os
 import random
 import shutil
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from azaion_contract import IMAGE_EXTENSIONS
+from azaion_contract.timefmt import rfc3339
 from azaion_workloads.classes import NUM_CLASS_SLOTS, ClassCatalog
 from azaion_workloads.fsutil import TEMP_PREFIX, atomic_write_bytes, durable_move, fsync_dir
 from azaion_workloads.layout import DataLayout, UnsafePathError, safe_name
@@ -233,7 +233,7 @@ class DatasetBuilder:
         self._write_data_yaml()
         manifest = DatasetManifest(
             run=self.run,
-            createdAt=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            createdAt=rfc3339(),
             seed=self.seed,
             split=tuple(str(f) for f in self.fractions),  # type: ignore[arg-type]
             counts={split: len(splits[split]) for split in SPLITS},
@@ -332,7 +332,7 @@ class DatasetBuilder:
             "reason": reason,
             "run": self.run,
             "files": moved,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "at": rfc3339(),
         }
         log.warning("quarantined %s: %s", name, reason)
         corrupted.mkdir(parents=True, exist_ok=True)

@@ -12,22 +12,30 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from azaion_contract.models.trainingrun import Artifacts, DatasetArtifact
+from azaion_contract.timefmt import rfc3339
 from azaion_workloads.classes import ClassCatalog
 from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, atomic_writer
+from azaion_workloads.status import build
 from azaion_workloads.training import crypto
 from azaion_workloads.training.config import TrainingSettings
 from azaion_workloads.training.dataset import DATA_YAML, MANIFEST, DatasetBuilder
 from azaion_workloads.training.errors import PermanentError
-from azaion_workloads.training.progress import Progress, now_rfc3339
+from azaion_workloads.training.progress import Progress
 from azaion_workloads.training.train import TrainingResult, sha256_file, train
+
+if TYPE_CHECKING:  # the export module pulls in numpy: imported only when exporting
+    from azaion_workloads.training.export import ExportResult
 
 log = logging.getLogger(__name__)
 
 ENCRYPT_DONE = "encrypt.json"
+#: The TensorRT engine's encryption record (a separate step result: it may come and go).
+ENCRYPT_ENGINE_DONE = "encrypt-engine.json"
 PUBLISH_DONE = "publish.json"
 
 
@@ -55,14 +63,16 @@ class Pipeline:
         self.progress = progress
         self.root = settings.layout.root
         self.run_dir = settings.run_dir
-        self.artifacts: dict[str, Any] = {}
+        #: Everything reported to status.artifacts so far (the manifest repeats some of it).
+        self.artifacts = Artifacts()
 
     def rel(self, path: Path) -> str:
         return str(path.relative_to(self.root))
 
     def report_artifacts(self, **fields: Any) -> None:
-        self.artifacts.update(fields)
-        self.progress.artifacts(**fields)
+        """Report :class:`Artifacts` fields (by Python name) and remember them."""
+        sent = self.progress.artifacts(**fields)
+        self.artifacts = self.artifacts.model_copy(update={name: getattr(sent, name) for name in sent.model_fields_set})
 
     # Steps ---------------------------------------------------------------
 
@@ -83,19 +93,25 @@ class Pipeline:
         result = self.train(data_yaml)
         self.progress.stop.check("after training")
         model_file, model_sha = result.best, result.sha256
+        engine: tuple[Path, str] | None = None
         if settings.export_onnx:
-            model_file, model_sha = self.export(result)
+            exported = self.export(result)
+            model_file, model_sha = exported.onnx, exported.sha256
+            if exported.engine is not None and exported.engine_sha256 is not None:
+                engine = exported.engine, exported.engine_sha256
             self.progress.stop.check("after export")
-        encrypted = None
+        encrypted = encrypted_engine = None
         if key is not None:
             encrypted = self.encrypt(model_file, model_sha, *key)
+            if engine is not None:
+                encrypted_engine = self.encrypt(*engine, *key, done_name=ENCRYPT_ENGINE_DONE)
             self.progress.stop.check("after encryption")
         if settings.publishing:
             assert encrypted is not None  # load_key guarantees a key when publishing
-            self.publish(encrypted, model_sha, result, key[1] if key else "")
+            self.publish(encrypted, model_sha, result, key[1] if key else "", engine=encrypted_engine)
         if settings.promote:
             self.promote(result)
-        self.progress.step("done", percent=100.0, etaSeconds=0)
+        self.progress.step("done", percent=100.0, eta_seconds=0)
         log.info("run %s/%s done", settings.resource_namespace, settings.resource_name)
 
     def dataset(self) -> Path:
@@ -116,34 +132,45 @@ class Pipeline:
         )
         manifest = builder.build()
         self.report_artifacts(
-            dataset={
-                "path": self.rel(settings.dataset_dir),
-                "train": manifest.counts["train"],
-                "valid": manifest.counts["valid"],
-                "test": manifest.counts["test"],
-                "corrupted": manifest.corrupted,
-                "manifestSha256": sha256_file(settings.dataset_dir / MANIFEST),
-            }
+            dataset=build(
+                DatasetArtifact,
+                path=self.rel(settings.dataset_dir),
+                train=manifest.counts["train"],
+                valid=manifest.counts["valid"],
+                test=manifest.counts["test"],
+                corrupted=manifest.corrupted,
+                manifest_sha256=sha256_file(settings.dataset_dir / MANIFEST),
+            )
         )
         return settings.dataset_dir / DATA_YAML
 
     def train(self, data_yaml: Path) -> TrainingResult:
         result = train(self.settings, data_yaml, self.progress)
-        self.report_artifacts(model=self.rel(result.best), modelSha256=result.sha256)
+        self.report_artifacts(model=self.rel(result.best), model_sha256=result.sha256)
         return result
 
-    def export(self, result: TrainingResult) -> tuple[Path, str]:
+    def export(self, result: TrainingResult) -> ExportResult:
         from azaion_workloads.training.export import export
 
         self.progress.step("export")
         exported = export(self.settings, result.best, result.sha256, self.progress)
-        self.report_artifacts(onnx=self.rel(exported.onnx), onnxSha256=exported.sha256)
-        return exported.onnx, exported.sha256
+        self.report_artifacts(onnx=self.rel(exported.onnx), onnx_sha256=exported.sha256)
+        if exported.engine is not None:
+            self.report_artifacts(tensorrt=self.rel(exported.engine), tensorrt_sha256=exported.engine_sha256)
+        return exported
 
-    def encrypt(self, source: Path, source_sha: str, key: bytes, key_id: str) -> dict[str, Any]:
+    def encrypt(
+        self, source: Path, source_sha: str, key: bytes, key_id: str, *, done_name: str = ENCRYPT_DONE
+    ) -> dict[str, Any]:
+        """Encrypt ``source`` to ``artifacts/<name>.enc``, recorded in ``done_name``.
+
+        The model's encryption is reported in status (``encrypted``); another
+        file's (the TensorRT engine) only in its record and, once published,
+        in the manifest.
+        """
         self.progress.step("encrypt")
         target = self.run_dir / "artifacts" / f"{source.name}.enc"
-        done = self.run_dir / ENCRYPT_DONE
+        done = self.run_dir / done_name
         record = _read_json(done)
         if (
             record
@@ -167,11 +194,25 @@ class Pipeline:
                 "format": {"algorithm": "AES-256-GCM", "version": crypto.VERSION},
             }
             atomic_write_bytes(done, json.dumps(record, indent=2).encode())
-        self.report_artifacts(encrypted=record["encrypted"], encryptedSha256=record["sha256"])
+        if done_name == ENCRYPT_DONE:
+            self.report_artifacts(encrypted=record["encrypted"], encrypted_sha256=record["sha256"])
         return record
 
-    def publish(self, encrypted: dict[str, Any], plain_sha: str, result: TrainingResult, key_id: str) -> None:
-        """Upload the encrypted model, then the manifest; skip what is already there.
+    def publish(
+        self,
+        encrypted: dict[str, Any],
+        plain_sha: str,
+        result: TrainingResult,
+        key_id: str,
+        *,
+        engine: dict[str, Any] | None = None,
+    ) -> None:
+        """Upload the encrypted model (and engine), then the manifest; skip what is already there.
+
+        ``encrypted`` and ``engine`` are encryption records (see :meth:`encrypt`).
+        The engine goes up exactly like the model, split mode included, and is
+        the manifest's second artifact (``"format": "tensorrt"``), so readers
+        of the first one see no change.
 
         The manifest is compared with the one in the store first: a retry after
         a complete publish uploads nothing (not even the API part in split mode).
@@ -185,23 +226,12 @@ class Pipeline:
             S3Target(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint, settings.s3_region),
             on_progress=self.progress.beat,
         )
-        path = self.root / encrypted["encrypted"]
-        artifact: dict[str, Any] = {
-            "name": path.name,
-            "sha256": encrypted["sha256"],
-            "size": int(encrypted["size"]),
-            "plainSha256": plain_sha,
-            "encryption": {"algorithm": "AES-256-GCM", "formatVersion": crypto.VERSION, "keyId": key_id},
-        }
-        split_files: tuple[Path, bytes] | None = None
-        if settings.api_url:
-            split_files = self._split(path, artifact, publisher)
-        else:
-            key = publisher.blob_key(encrypted["sha256"])
-            artifact.update(key=key, uri=publisher.uri(key))
-        uris = [artifact["split"]["big"]["uri"] if split_files else artifact["uri"]]
+        uploads = [self._prepare(publisher, encrypted, plain_sha, key_id)]
+        if engine is not None:
+            uploads.append(self._prepare(publisher, engine, engine["sourceSha256"], key_id, kind="tensorrt"))
+        uris = [_uri(artifact) for _, artifact, _ in uploads]
 
-        dataset = self.artifacts.get("dataset", {})
+        dataset = self.artifacts.dataset or DatasetArtifact()
         document = {
             "schemaVersion": 1,
             "run": {"namespace": settings.resource_namespace, "name": settings.resource_name},
@@ -215,12 +245,12 @@ class Pipeline:
             },
             "metrics": result.metrics,
             "dataset": {
-                "manifestSha256": dataset.get("manifestSha256"),
-                "train": dataset.get("train"),
-                "valid": dataset.get("valid"),
-                "test": dataset.get("test"),
+                "manifestSha256": dataset.manifest_sha256,
+                "train": dataset.train,
+                "valid": dataset.valid,
+                "test": dataset.test,
             },
-            "artifacts": [artifact],
+            "artifacts": [artifact for _, artifact, _ in uploads],
         }
         manifest_key = publisher.manifest_key(settings.resource_namespace, settings.resource_name)
         manifest_uri = publisher.uri(manifest_key)
@@ -230,12 +260,13 @@ class Pipeline:
         ):
             log.info("manifest %s already published; skipping", manifest_key)
         else:
-            if split_files is not None:
-                self._upload_split(publisher, artifact, *split_files)
-            else:
-                publisher.upload_blob(path, artifact["sha256"], artifact["size"])
+            for path, artifact, split_files in uploads:
+                if split_files is not None:
+                    self._upload_split(publisher, artifact, *split_files)
+                else:
+                    publisher.upload_blob(path, artifact["sha256"], artifact["size"])
             # Last: only now does the run's model become visible to readers.
-            document["publishedAt"] = now_rfc3339()
+            document["publishedAt"] = rfc3339()
             publisher.put_json(manifest_key, document)
             log.info("published manifest %s", manifest_uri)
         atomic_write_bytes(
@@ -244,7 +275,35 @@ class Pipeline:
         )
         self.publisher = publisher
         self.manifest_key = manifest_key
-        self.report_artifacts(manifestUri=manifest_uri, publishedUris=[*uris, manifest_uri])
+        self.report_artifacts(
+            manifest_uri=manifest_uri,
+            published_uris=[*uris, manifest_uri],
+            **({"tensorrt_uri": uris[1]} if engine is not None else {}),
+        )
+
+    def _prepare(
+        self, publisher: Any, encrypted: dict[str, Any], plain_sha: str, key_id: str, kind: str | None = None
+    ) -> tuple[Path, dict[str, Any], tuple[Path, bytes] | None]:
+        """The manifest entry of one encrypted file, and what to upload for it.
+
+        Returns the file, its manifest artifact and, in split mode, the S3 part's
+        file with the API's prefix bytes (else None: the file goes up whole).
+        """
+        path = self.root / encrypted["encrypted"]
+        artifact: dict[str, Any] = {
+            "name": path.name,
+            "sha256": encrypted["sha256"],
+            "size": int(encrypted["size"]),
+            "plainSha256": plain_sha,
+            "encryption": {"algorithm": "AES-256-GCM", "formatVersion": crypto.VERSION, "keyId": key_id},
+        }
+        if kind is not None:  # the model's entry has no format key: it stays as it always was
+            artifact["format"] = kind
+        if self.settings.api_url:
+            return path, artifact, self._split(path, artifact, publisher)
+        key = publisher.blob_key(encrypted["sha256"])
+        artifact.update(key=key, uri=publisher.uri(key))
+        return path, artifact, None
 
     def _split(self, path: Path, artifact: dict[str, Any], publisher: Any) -> tuple[Path, bytes]:
         """Cut the encrypted model into the API prefix and the S3 rest (streamed, not loaded)."""
@@ -303,8 +362,13 @@ class Pipeline:
             key = publisher.key("current.json")
             existing = publisher.get_json(key) or {}
             if {k: v for k, v in existing.items() if k != "promotedAt"} != pointer:
-                publisher.put_json(key, {**pointer, "promotedAt": now_rfc3339()})
+                publisher.put_json(key, {**pointer, "promotedAt": rfc3339()})
         self.report_artifacts(promoted=True)
+
+
+def _uri(artifact: dict[str, Any]) -> str:
+    """Where the S3 copy of a manifest artifact lives (its big part in split mode)."""
+    return str(artifact["split"]["big"]["uri"] if "split" in artifact else artifact["uri"])
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -8,17 +8,16 @@ import time
 from types import FrameType
 from typing import Any, Literal
 
+from azaion_contract.models.trainingrun import Artifacts, Checkpoint, TrainingRunStatus
+from azaion_contract.models.trainingrun import Progress as ProgressStatus
+from azaion_contract.timefmt import rfc3339
 from azaion_workloads.heartbeat import Heartbeat
-from azaion_workloads.status import StatusReporter
+from azaion_workloads.status import StatusReporter, build, patch
 from azaion_workloads.training.errors import Interrupted
 
 log = logging.getLogger(__name__)
 
 Step = Literal["dataset", "training", "export", "encrypt", "publish", "promote", "done"]
-
-
-def now_rfc3339() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class StopFlag:
@@ -52,6 +51,7 @@ class Progress:
         self.reporter = reporter
         self.heartbeat = heartbeat
         self.stop = stop
+        #: Progress fields by Python name; every report sends all of them.
         self.progress: dict[str, Any] = {}
 
     def beat(self) -> None:
@@ -62,17 +62,27 @@ class Progress:
         self.heartbeat.beat()
         self.stop.check(where)
 
-    def report(self, fields: dict[str, Any]) -> None:
+    def report(self, status: TrainingRunStatus) -> None:
+        """Merge the fields set on ``status`` (and only those) into the resource's status."""
         self.heartbeat.beat(force=True)
-        self.reporter.report(fields)
+        self.reporter.report(patch(status))
 
     def step(self, step: Step, **extra: Any) -> None:
-        self.progress.update(step=step, **extra)
-        self.progress["updatedAt"] = now_rfc3339()
-        self.report({"progress": dict(self.progress)})
+        """Report the current step; ``extra`` are further :class:`ProgressStatus` fields."""
+        fields = {**self.progress, "step": step, **extra, "updated_at": rfc3339()}
+        progress = build(ProgressStatus, **fields)  # a bad name raises before it is kept
+        self.progress = fields
+        self.report(build(TrainingRunStatus, progress=progress))
 
-    def artifacts(self, **fields: Any) -> None:
-        self.report({"artifacts": fields})
+    def checkpoint(self, **fields: Any) -> None:
+        """Report the newest verified checkpoint (:class:`Checkpoint` fields)."""
+        self.report(build(TrainingRunStatus, last_checkpoint=build(Checkpoint, **fields)))
+
+    def artifacts(self, **fields: Any) -> Artifacts:
+        """Report produced artifacts (:class:`Artifacts` fields); returns what was sent."""
+        artifacts = build(Artifacts, **fields)
+        self.report(build(TrainingRunStatus, artifacts=artifacts))
+        return artifacts
 
 
 class keepalive:

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from azaion_contract.models.trainingrun import Metrics
+from azaion_contract.timefmt import rfc3339
 from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, leftover_temp_files
+from azaion_workloads.status import build
 from azaion_workloads.training.checkpoints import CheckpointStore, truncate_results, try_load
 from azaion_workloads.training.config import TrainingSettings
 from azaion_workloads.training.errors import Interrupted, PermanentError
-from azaion_workloads.training.progress import Progress, keepalive, now_rfc3339
+from azaion_workloads.training.progress import Progress, keepalive
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ _METRIC_KEYS = {
     "precision": "metrics/precision(B)",
     "recall": "metrics/recall(B)",
 }
-_LOSS_KEYS = {"boxLoss": "box_loss", "clsLoss": "cls_loss", "dflLoss": "dfl_loss"}
+_LOSS_KEYS = {"box_loss": "box_loss", "cls_loss": "cls_loss", "dfl_loss": "dfl_loss"}
 
 
 @dataclass(frozen=True)
@@ -108,15 +111,11 @@ class _Callbacks:
 
     def on_model_save(self, trainer: Any) -> None:
         checkpoint = self.store.keep_verified(trainer.last, trainer.epoch)
-        self.progress.report(
-            {
-                "lastCheckpoint": {
-                    "epoch": checkpoint.epochs_done,
-                    "path": str(checkpoint.path.relative_to(self.settings.layout.root)),
-                    "sha256": checkpoint.sha256,
-                    "savedAt": now_rfc3339(),
-                }
-            }
+        self.progress.checkpoint(
+            epoch=checkpoint.epochs_done,
+            path=str(checkpoint.path.relative_to(self.settings.layout.root)),
+            sha256=checkpoint.sha256,
+            saved_at=rfc3339(),
         )
 
     def on_fit_epoch_end(self, trainer: Any) -> None:
@@ -135,9 +134,9 @@ class _Callbacks:
             epoch=done,
             epochs=trainer.epochs,
             percent=round(100.0 * done / trainer.epochs, 2),
-            etaSeconds=int(per_epoch * (trainer.epochs - done)),
-            metrics={k: v for k, v in metrics.items() if v is not None},
-            **({"bestEpoch": int(best_epoch)} if best_epoch else {}),
+            eta_seconds=int(per_epoch * (trainer.epochs - done)),
+            metrics=build(Metrics, **{k: v for k, v in metrics.items() if v is not None}),
+            **({"best_epoch": int(best_epoch)} if best_epoch else {}),
         )
         self.progress.stop.check(f"end of epoch {done}")
 
@@ -249,7 +248,7 @@ def _record(done_file: Path, best: Path, best_epoch: int | None, metrics: dict[s
         "sha256": result.sha256,
         "bestEpoch": best_epoch,
         "metrics": metrics,
-        "finishedAt": now_rfc3339(),
+        "finishedAt": rfc3339(),
     }
     atomic_write_bytes(done_file, json.dumps(record, indent=2).encode())
     return result
