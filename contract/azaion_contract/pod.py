@@ -42,6 +42,8 @@ ENCRYPTION_KEY_FILE: Final = f"{ENCRYPTION_KEY_MOUNT}/key"
 # progress event; the probe fails when it grows older than the allowed age.
 ENV_HEARTBEAT_FILE: Final = "AZAION_HEARTBEAT_FILE"
 HEARTBEAT_FILE: Final = "/tmp/azaion/heartbeat"  # noqa: S108 - an emptyDir in the pod
+#: The liveness probe: ``python -m HEARTBEAT_PROBE_MODULE --max-age SECONDS`` in the training image.
+HEARTBEAT_PROBE_MODULE: Final = "azaion_workloads.heartbeat"
 
 # The consumer pod: its offset volume, its private broker CA, its HTTP port
 # (probes and metrics).

@@ -48,3 +48,12 @@ def test_probe_imports_nothing_heavy(tmp_path: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "0 []", result.stderr
+
+
+def test_the_probe_module_the_operator_runs_is_the_heartbeat_check() -> None:
+    import importlib
+
+    import azaion_contract as contract
+
+    probe = importlib.import_module(contract.HEARTBEAT_PROBE_MODULE)
+    assert probe.main is main

@@ -136,7 +136,7 @@ def build_job(
                         "command": [
                             "python",
                             "-m",
-                            "azaion_workloads.heartbeat",
+                            contract.HEARTBEAT_PROBE_MODULE,
                             "--max-age",
                             str(spec.liveness_timeout_seconds),
                         ]
