@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -86,3 +87,12 @@ def durable_move(source: Path, destination: Path, *, sync_directories: bool = Tr
 def leftover_temp_files(root: Path) -> list[Path]:
     """Temporary files left under ``root`` (e.g. by a kill -9)."""
     return sorted(root.rglob(f"{TEMP_PREFIX}*"))
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks (checkpoints and models are gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from azaion_workloads.fsutil import atomic_write_bytes, durable_move
+from azaion_workloads.fsutil import atomic_write_bytes, durable_move, sha256_file
 from azaion_workloads.training.config import TrainingSettings
 from azaion_workloads.training.progress import Progress, keepalive
-from azaion_workloads.training.train import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,14 @@ from pydantic import ValidationError
 from azaion_contract.models.trainingrun import Artifacts, DatasetArtifact
 from azaion_contract.timefmt import rfc3339
 from azaion_workloads.classes import ClassCatalog
-from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, atomic_writer
+from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, atomic_writer, sha256_file
 from azaion_workloads.status import build
 from azaion_workloads.training import crypto
 from azaion_workloads.training.config import TrainingSettings
 from azaion_workloads.training.dataset import DATA_YAML, MANIFEST, DatasetBuilder
 from azaion_workloads.training.errors import PermanentError
 from azaion_workloads.training.progress import Progress
-from azaion_workloads.training.train import TrainingResult, sha256_file, train
+from azaion_workloads.training.train import TrainingResult, train
 
 if TYPE_CHECKING:  # the export module pulls in numpy: imported only when exporting
     from azaion_workloads.training.export import ExportResult

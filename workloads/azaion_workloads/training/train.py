@@ -8,7 +8,6 @@ goes straight to export).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 from azaion_contract.models.trainingrun import Metrics
 from azaion_contract.timefmt import rfc3339
-from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, leftover_temp_files
+from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, leftover_temp_files, sha256_file
 from azaion_workloads.status import build
 from azaion_workloads.training.checkpoints import CheckpointStore, truncate_results, try_load
 from azaion_workloads.training.config import TrainingSettings
@@ -46,14 +45,6 @@ class TrainingResult:
     sha256: str
     best_epoch: int | None
     metrics: dict[str, float]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_device(requested: str) -> str:
