@@ -177,18 +177,18 @@ def test_full_run_publishes_an_encrypted_onnx(tmp_path: Path, s3_server: S3Serve
     assert status["lastCheckpoint"]["epoch"] == 2
 
     client = s3_server.client()
-    manifest_key = f"azaion/runs/local/{run.name}/manifest.json"
+    manifest_key = f"models/runs/local/{run.name}/manifest.json"
     assert artifacts["manifestUri"] == f"s3://{bucket}/{manifest_key}"
     manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
     (artifact,) = manifest["artifacts"]
     blob = client.get_object(Bucket=bucket, Key=artifact["key"])["Body"].read()
     assert _sha256(blob) == artifact["sha256"] == artifacts["encryptedSha256"]
-    assert artifact["key"] == f"azaion/blobs/sha256/{artifact['sha256']}"
+    assert artifact["key"] == f"models/blobs/sha256/{artifact['sha256']}"
     assert artifact["size"] == len(blob)
     assert manifest["dataset"]["manifestSha256"] == artifacts["dataset"]["manifestSha256"]
     assert manifest["run"] == {"namespace": "local", "name": run.name}
     assert manifest["image"] == "registry.local/azaion-training:test"
-    current = json.loads(client.get_object(Bucket=bucket, Key="azaion/current.json")["Body"].read())
+    current = json.loads(client.get_object(Bucket=bucket, Key="models/current.json")["Body"].read())
     assert current["manifest"] == artifacts["manifestUri"]
 
     # Decrypt what was published, with the CLI, and run it in onnxruntime.

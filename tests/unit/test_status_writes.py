@@ -126,3 +126,8 @@ def test_quarantine_broker_times() -> None:
     assert _iso(None) is None and _iso(0) is None
     assert _iso(1_747_000_000_000) == "2025-05-11T21:46:40Z"
     assert _iso(1_747_000_000_123) == "2025-05-11T21:46:40.123Z"
+
+
+def test_a_field_named_model_is_a_field_like_any_other() -> None:
+    # Artifacts.model (the best weights) must not collide with build()'s own parameter.
+    assert patch(build(Artifacts, model="models/ns/run/weights/best.pt")) == {"model": "models/ns/run/weights/best.pt"}

@@ -29,7 +29,7 @@ _SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/tok
 M = TypeVar("M", bound=StatusModel)
 
 
-def build(model: type[M], **fields: Any) -> M:
+def build(model: type[M], /, **fields: Any) -> M:
     """A status model from Python field names; an unknown (or camelCase) name raises ``TypeError``."""
     return model.strict(**fields)
 
