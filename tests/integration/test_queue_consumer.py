@@ -22,6 +22,7 @@ from tests.fixtures.rabbitmq import (
     StreamEndpoint,
     build_scenario,
     consume_raw,
+    expected_outcome,
     expected_tree,
     noisy_jpeg,
     publish,
@@ -70,9 +71,10 @@ def test_a_mixed_sequence_leaves_exactly_the_expected_tree(rabbitmq: RabbitMQ, s
         queue.wait_ready()
         queue.wait_for_offset(offsets[-1])
 
-        assert read_tree(workdir / "root") == expected_tree(steps, offsets)
+        expected = expected_outcome(steps, offsets)
+        assert read_tree(workdir / "root") == expected.tree
         records = quarantine_records(workdir / "root")
-        expected_reasons = {offsets[i]: s.reason for i, s in enumerate(steps) if s.op == "malformed"}
+        expected_reasons = expected.quarantined
         assert {offset: record["kind"] for offset, record in records.items()} == expected_reasons
         assert all(record["reason"] and record["stream"] == stream_name for record in records.values())
         assert leftover_temp_files(workdir) == []

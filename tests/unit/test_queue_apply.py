@@ -21,6 +21,7 @@ from tests.fixtures.rabbitmq import (
     detections_json,
     encode_annotation,
     encode_bulk,
+    expected_outcome,
     expected_tree,
     quarantine_records,
     read_tree,
@@ -37,9 +38,17 @@ def processor(root: Path) -> MessageProcessor:
     return MessageProcessor(DataLayout(root), "azaion-annotations")
 
 
-def run(proc: MessageProcessor, steps: Sequence[Step], start: int = 0, stop: int | None = None) -> None:
+def run(
+    proc: MessageProcessor,
+    steps: Sequence[Step],
+    start: int = 0,
+    stop: int | None = None,
+    barriers: list[int] | None = None,
+) -> None:
+    """Process steps[start:stop]; ``barriers`` collects the indexes that stored the offset first."""
     for index in range(start, len(steps) if stop is None else stop):
-        proc.process(steps[index].wire.stored_bytes(), index, STORED_AT_MS)
+        barrier = None if barriers is None else (lambda index=index: barriers.append(index))
+        proc.process(steps[index].wire.stored_bytes(), index, STORED_AT_MS, barrier)
 
 
 def annotation(name: str, role: str, status: str = "Created", image: bytes | None = None) -> WireMessage:
@@ -83,7 +92,7 @@ def test_creator_role_picks_the_directory(tmp_path: Path) -> None:
         "data-seed/images/by-companion.jpg": image,
         "data-seed/labels/by-companion.txt": LABEL,
     }
-    assert LABEL == b"3 0.500000 0.500000 0.250000 0.125000\n"
+    assert LABEL == b"3 0.5 0.5 0.25 0.125\n"
 
 
 def test_validation_moves_seed_to_data_and_deletion_keeps_the_files(tmp_path: Path) -> None:
@@ -114,7 +123,7 @@ def test_an_edit_by_a_validator_brings_the_image_from_seed(tmp_path: Path) -> No
     tree = apply_all(tmp_path, [annotation("a", "Operator", image=image), edited])
     assert tree == {
         "data/images/a.jpg": image,
-        "data/labels/a.txt": b"40 0.100000 0.200000 0.300000 0.400000\n",
+        "data/labels/a.txt": b"40 0.1 0.2 0.3 0.4\n",
     }
 
 
@@ -138,10 +147,10 @@ def test_moves_of_missing_files_are_no_ops(tmp_path: Path) -> None:
 def test_a_mixed_scenario_leaves_the_expected_tree(tmp_path: Path, seed: int) -> None:
     steps = build_scenario(seed, 300)
     run(processor(tmp_path), steps)
-    assert read_tree(tmp_path) == expected_tree(steps)
+    expected = expected_outcome(steps)
+    assert read_tree(tmp_path) == expected.tree
     records = quarantine_records(tmp_path)
-    malformed = {index: step.reason for index, step in enumerate(steps) if step.op == "malformed"}
-    assert {offset: record["kind"] for offset, record in records.items()} == malformed
+    assert {offset: record["kind"] for offset, record in records.items()} == expected.quarantined
     assert leftover_temp_files(tmp_path) == []
 
 
@@ -180,18 +189,21 @@ def crash_after(monkeypatch: pytest.MonkeyPatch, operations: int) -> None:
 def test_replaying_from_any_stored_offset_after_a_crash_converges(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
-    """Crash inside message m (after some of its disk operations), then replay from k <= m."""
+    """Crash inside message m (after some of its disk operations), then replay from any k <= m
+    the consumer could have stored: never before a message that stored the offset first."""
     rng = random.Random(seed)
     steps = build_scenario(1000 + seed, 120, malformed_every=9)
     crashed_at = rng.randrange(len(steps))
-    resume_at = rng.randint(max(0, crashed_at - 60), crashed_at)
-    run(processor(tmp_path), steps, 0, crashed_at)
+    barriers: list[int] = []
+    run(processor(tmp_path), steps, 0, crashed_at, barriers)
     with monkeypatch.context() as patch:
-        crash_after(patch, rng.randint(0, 5))
+        crash_after(patch, rng.randint(0, 7))
         with contextlib.suppress(SimulatedCrash):
-            run(processor(tmp_path), steps, crashed_at, crashed_at + 1)
-    run(processor(tmp_path), steps, resume_at)
+            run(processor(tmp_path), steps, crashed_at, crashed_at + 1, barriers)
+    earliest = max([0, crashed_at - 60, *barriers])
+    run(processor(tmp_path), steps, rng.randint(earliest, crashed_at))
     assert read_tree(tmp_path) == expected_tree(steps)
+    assert leftover_temp_files(tmp_path) == []
 
 
 def test_directory_fsyncs_wait_for_the_commit_and_happen_once_each(tmp_path: Path) -> None:
@@ -210,3 +222,87 @@ def test_directory_fsyncs_wait_for_the_commit_and_happen_once_each(tmp_path: Pat
     assert len(proc.pending) == len(directories)
     assert proc.sync() == len(directories)
     assert len(proc.pending) == 0 and proc.sync() == 0
+
+
+def edit(name: str, role: str = "Validator", boxes: Sequence[Box] = (Box(5, 0.25, 0.25, 0.5, 0.5),)) -> WireMessage:
+    return WireMessage(encode_annotation(name, b"", detections_json(boxes), role=role, status="Edited"), "Edited")
+
+
+def apply_each(root: Path, messages: Sequence[WireMessage]) -> list[str]:
+    proc = processor(root)
+    outcomes = [proc.process(message.stored_bytes(), offset, STORED_AT_MS) for offset, message in enumerate(messages)]
+    return [outcome.result for outcome in outcomes]
+
+
+def test_an_edit_without_image_of_a_name_never_created_is_quarantined_and_writes_nothing(tmp_path: Path) -> None:
+    assert apply_each(tmp_path, [edit("ghost")]) == ["quarantined"]
+    tree = read_tree(tmp_path)
+    assert [path for path in tree if not path.startswith("quarantine/")] == []
+    assert quarantine_records(tmp_path)[0]["kind"] == "edit-without-image"
+
+
+def test_every_deleted_copy_is_kept(tmp_path: Path) -> None:
+    first, second = tiny_image(10), tiny_image(200)
+    messages = [
+        annotation("z", "Operator", image=first),
+        WireMessage(encode_bulk(["z"]), "Deleted"),
+        annotation("z", "Validator", image=second),
+        WireMessage(encode_bulk(["z"]), "Deleted"),
+        WireMessage(encode_bulk(["z"]), "Deleted"),  # nothing live: a no-op
+    ]
+    assert apply_each(tmp_path, messages) == ["applied"] * 5
+    tree = read_tree(tmp_path)
+    digest = apply_module.copy_digest({"images/.jpg": second, "labels/.txt": LABEL})[:16]
+    assert tree == {
+        "data_deleted/images/z.jpg": first,
+        "data_deleted/labels/z.txt": LABEL,
+        f"data_deleted/images/z~{digest}.jpg": second,
+        f"data_deleted/labels/z~{digest}.txt": LABEL,
+    }
+    # The whole stream again, from its first message: the same tree.
+    apply_each(tmp_path, messages)
+    assert read_tree(tmp_path) == tree
+
+
+def test_an_edit_of_a_deleted_annotation_is_quarantined_and_an_image_revives_it(tmp_path: Path) -> None:
+    image, revived = tiny_image(12), tiny_image(150)
+    messages = [
+        annotation("z", "Operator", image=image),
+        WireMessage(encode_bulk(["z"]), "Deleted"),
+        edit("z"),
+        annotation("z", "Validator", status="Edited", image=revived),
+    ]
+    assert apply_each(tmp_path, messages) == ["applied", "applied", "quarantined", "applied"]
+    tree = read_tree(tmp_path)
+    assert quarantine_records(tmp_path)[2]["kind"] == "edit-of-deleted"
+    assert tree == {
+        "data_deleted/images/z.jpg": image,
+        "data_deleted/labels/z.txt": LABEL,  # untouched by the refused edit
+        "quarantine/00000000000000000002.msg": messages[2].stored_bytes(),
+        "data/images/z.jpg": revived,
+        "data/labels/z.txt": LABEL,
+    }
+    apply_each(tmp_path, messages)
+    assert read_tree(tmp_path) == tree
+
+
+def test_labels_keep_every_digit_of_the_message(tmp_path: Path) -> None:
+    from azaion_workloads.training.dataset import validate_label_text
+
+    boxes = [Box(1, 0.123456789012345, 0.5, 4e-7, 0.1), Box(2, 0.0, 1.0, 1.0, 0.30000001192092896)]
+    body = encode_annotation("fine", tiny_image(14), detections_json(boxes), role="Validator")
+    assert apply_each(tmp_path, [WireMessage(body, "Created")]) == ["applied"]
+    text = (tmp_path / "data/labels/fine.txt").read_text()
+    parsed = [[float(field) for field in line.split()[1:]] for line in text.splitlines()]
+    assert parsed == [[b.x, b.y, b.w, b.h] for b in boxes]
+    assert "4e-07" in text and validate_label_text(text, frozenset({1, 2})) is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_replaying_the_whole_stream_over_its_own_result_changes_nothing(tmp_path: Path, seed: int) -> None:
+    steps = build_scenario(500 + seed, 250, malformed_every=11)
+    assert {"edit-of-deleted", "edit-without-image"} <= set(expected_outcome(steps).quarantined.values())
+    run(processor(tmp_path), steps)
+    run(processor(tmp_path), steps)
+    assert read_tree(tmp_path) == expected_tree(steps)
+    assert any("~" in path for path in expected_tree(steps)), "the scenario deletes a revived name"

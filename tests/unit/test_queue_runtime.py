@@ -210,10 +210,10 @@ def test_status_reports_clear_messages_waiting_once_it_is_unknown(tmp_path: Path
     async def scenario() -> None:
         queue = StreamConsumer(config, reporter)
         queue.state.processed_offset, queue.state.tail_offset = 5, 9
-        await queue._report_once(timeout=5)
+        await queue.periodic.report_once(timeout=5)
         queue.state.tail_offset = None
-        await queue._report_once(timeout=5)
-        await queue._report_once(timeout=5)
+        await queue.periodic.report_once(timeout=5)
+        await queue.periodic.report_once(timeout=5)
 
     asyncio.run(scenario())
     first, second, third = reporter.reports

@@ -12,6 +12,7 @@ from rstream import AMQPMessage
 
 from azaion_workloads.classes import ClassCatalog
 from azaion_workloads.queue.wire import (
+    DETECTION_KEYS,
     MAX_BODY_BYTES,
     AnnotationMessage,
     AnnotationStatus,
@@ -20,9 +21,11 @@ from azaion_workloads.queue.wire import (
     Role,
     Source,
     decode,
+    fold_key,
     status_property,
 )
 from tests.fixtures.rabbitmq import (
+    SPELLINGS,
     Box,
     WireMessage,
     detections_json,
@@ -71,17 +74,36 @@ def test_a_created_annotation_decodes_field_by_field(gzipped: bool, status: obje
     assert message.created_email == "v@example.com"
     assert message.source is Source.AI
     assert [d.yolo_line() for d in message.detections] == [
-        "3 0.500000 0.250000 0.100000 0.200000",
-        "56 0.900000 0.900000 0.050000 0.050000",
+        "3 0.5 0.25 0.1 0.2",
+        "56 0.9 0.9 0.05 0.05",
     ]
     assert message.detections[0].confidence == pytest.approx(0.87)
 
 
-def test_lower_case_detection_keys_are_accepted() -> None:
-    body = encode_annotation("a", IMAGE, detections_json(BOXES, pascal_case=False))
+@pytest.mark.parametrize("spelling", sorted(SPELLINGS))
+def test_detection_keys_match_whatever_their_case_and_separators(spelling: str) -> None:
+    body = encode_annotation("a", IMAGE, detections_json(BOXES, spelling=spelling))
     message = decode(raw(WireMessage(body, "Created")), VALID_IDS)
     assert isinstance(message, AnnotationMessage)
-    assert [d.class_id for d in message.detections] == [3, 56]
+    assert [(d.class_id, d.x, d.y, d.w, d.h, d.confidence) for d in message.detections] == [
+        (b.class_id, b.x, b.y, b.w, b.h, b.confidence) for b in BOXES
+    ]
+
+
+def test_one_list_of_names_per_key() -> None:
+    folded = {name: {fold_key(spelling) for spelling in spellings} for name, spellings in DETECTION_KEYS.items()}
+    # Every spelling the test producer uses folds onto a listed name of its field.
+    for keys in SPELLINGS.values():
+        for key, field in zip(keys, ("class_id", "x", "y", "w", "h", "confidence"), strict=True):
+            assert fold_key(key) in folded[field], key
+    assert fold_key("Center_X") == fold_key("CENTER-X") == fold_key("centerX") == "centerx"
+
+
+def test_the_same_field_twice_with_different_values_is_refused() -> None:
+    box = {"ClassNumber": 3, "X": 0.5, "center_x": 0.6, "Y": 0.5, "Width": 0.1, "Height": 0.1}
+    with pytest.raises(MalformedMessage) as caught:
+        decode(raw(WireMessage(encode_annotation("a", IMAGE, json.dumps([box])), "Created")), VALID_IDS)
+    assert caught.value.kind == "detections" and "x is given twice" in str(caught.value)
 
 
 def test_an_edit_may_come_without_image_bytes() -> None:

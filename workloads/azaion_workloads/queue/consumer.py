@@ -24,7 +24,6 @@ import contextlib
 import datetime as dt
 import functools
 import logging
-import os
 import random
 import signal
 import ssl
@@ -47,13 +46,14 @@ from rstream.exceptions import (
 from rstream.recovery import BackOffRecoveryStrategy
 
 import azaion_contract as contract
-from azaion_workloads.fsutil import TEMP_PREFIX
 from azaion_workloads.queue.config import Config
 from azaion_workloads.queue.disk import DiskGuard
 from azaion_workloads.queue.health import HealthServer
 from azaion_workloads.queue.metrics import QueueMetrics
 from azaion_workloads.queue.offsets import CommitPolicy, OffsetFile, OffsetState
-from azaion_workloads.queue.processor import MessageProcessor, Outcome
+from azaion_workloads.queue.periodic import PeriodicTasks, refresh_disk
+from azaion_workloads.queue.processor import BarrierFailed, MessageProcessor, Outcome
+from azaion_workloads.queue.recovery import recover
 from azaion_workloads.queue.state import ConsumerState
 from azaion_workloads.queue.tail import TailProbe
 from azaion_workloads.status import StatusReporter
@@ -65,10 +65,6 @@ log = logging.getLogger(__name__)
 EXIT_RETRYABLE = 1
 #: Seconds allowed for connecting, subscribing and querying an offset.
 CONNECT_TIMEOUT = 15.0
-#: Resubscribe when messages are known to wait but none arrived for this long.
-STALL_SECONDS = 60.0
-#: Shortest interval between two tail probes (messagesWaiting, stall detection).
-TAIL_PROBE_SECONDS = 10.0
 #: Heartbeat asked of the broker; a dead peer is noticed within about twice this.
 HEARTBEAT_SECONDS = 20
 #: Credentials refused this many times in a row: exit EXIT_PERMANENT. Credentials
@@ -129,42 +125,22 @@ class StreamConsumer:
         self._subscribed_at = 0.0
         self._mirror_event = asyncio.Event()
         self._mirrored: int | None = None  # last offset stored on the server
-        self._reported_waiting = False
+        self.periodic = PeriodicTasks(
+            self.state,
+            self.disk,
+            reporter,
+            settings.status_interval_seconds,
+            subscribed_at=lambda: self._subscribed_at,
+            resubscribe=self._resubscribe,
+        )
+        self._barrier_snapshot: OffsetState | None = None  # set by _barrier in the worker thread
 
     # -- setup -------------------------------------------------------------
 
     def prepare(self) -> None:
         """Restore the stored position and clear what a crash may have left behind."""
-        for directory in [*self.layout.annotation_dirs(), self.layout.quarantine]:
-            directory.mkdir(parents=True, exist_ok=True)
-        self.settings.offset_file.parent.mkdir(parents=True, exist_ok=True)
-        removed = 0
-        for directory in [
-            *self.layout.annotation_dirs(),
-            self.layout.quarantine,
-            self.settings.offset_file.parent,
-        ]:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
-                        os.unlink(entry.path)
-                        removed += 1
-        if removed:
-            log.info("removed temporary files left by an interrupted run", extra={"count": removed})
-        stored = self.offsets.load(self.settings.stream)
-        if stored is not None:
-            st = self.state
-            st.processed_offset = st.committed_offset = stored.offset
-            st.messages_processed = stored.messages_processed
-            st.messages_quarantined = stored.messages_quarantined
-            st.last_message_time = stored.last_message_time
-            log.info(
-                "stored offset found",
-                extra={"offset": stored.offset, "file": str(self.settings.offset_file)},
-            )
-        self.disk.check()
-        self.state.disk_percent = self.disk.percent
-        self.state.disk_critical = self.disk.is_critical
+        recover(self.layout, self.offsets, self.settings.stream, self.state)
+        refresh_disk(self.state, self.disk)
 
     def _client(self, connection_name: str, on_close: Any = None) -> Consumer:
         settings = self.settings
@@ -199,6 +175,9 @@ class StreamConsumer:
         self.state.stopping = True
         self._stop.set()
 
+    def _resubscribe(self) -> None:
+        self._lost.set()  # the current event: _connection_loop replaces it on every subscription
+
     def _fail(self, error: BaseException) -> None:
         if self.state.fatal is None:
             log.error(
@@ -223,11 +202,11 @@ class StreamConsumer:
             health.start()
         probe = TailProbe(self.settings.stream, self._probe_consumer)
         background = [
-            asyncio.create_task(self._guarded(self._housekeeping())),
+            asyncio.create_task(self._guarded(self.periodic.housekeeping())),
             asyncio.create_task(self._guarded(self._commit_timer())),
             asyncio.create_task(self._guarded(self._mirror_offsets())),
-            asyncio.create_task(self._guarded(self._report_status())),
-            asyncio.create_task(self._guarded(self._watch_tail(probe))),
+            asyncio.create_task(self._guarded(self.periodic.report_status())),
+            asyncio.create_task(self._guarded(self.periodic.watch_tail(probe))),
         ]
         try:
             await self._connection_loop()
@@ -242,7 +221,7 @@ class StreamConsumer:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await probe.close()
-            await self._report_once(timeout=5)
+            await self.periodic.report_once(timeout=5)
             if health is not None:
                 health.stop()
         log.info(
@@ -398,10 +377,15 @@ class StreamConsumer:
                 if not self._wanted(generation, context.offset):
                     return
                 self.state.in_hand_since = time.monotonic()
+                self._barrier_snapshot = None
                 try:
-                    outcome = await asyncio.to_thread(self.processor.process, raw, context.offset, context.timestamp)
+                    outcome = await asyncio.to_thread(
+                        self.processor.process, raw, context.offset, context.timestamp, self._barrier
+                    )
                 finally:
                     self.state.in_hand_since = None
+                    if self._barrier_snapshot is not None:
+                        self._committed(self._barrier_snapshot)
                 self._record(outcome, context)
                 if self.commits.due():
                     await self._commit_locked()
@@ -435,23 +419,47 @@ class StreamConsumer:
 
     # -- offsets -----------------------------------------------------------
 
-    async def _commit_locked(self) -> None:
-        """Write the offset file (the caller holds the lock); then mirror it to the server."""
+    def _snapshot(self) -> OffsetState | None:
+        """What the offset file would say now; None when there is nothing new to store."""
         st = self.state
         if self.commits.pending == 0 or st.processed_offset is None:
-            return
-        snapshot = OffsetState(
+            return None
+        return OffsetState(
             stream=self.settings.stream,
             offset=st.processed_offset,
             messages_processed=st.messages_processed,
             messages_quarantined=st.messages_quarantined,
             last_message_time=st.last_message_time,
         )
+
+    async def _commit_locked(self) -> None:
+        """Write the offset file (the caller holds the lock); then mirror it to the server."""
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return
         await asyncio.to_thread(self._durable_then_save, snapshot)
+        self._committed(snapshot)
+
+    def _committed(self, snapshot: OffsetState) -> None:
         self.commits.reset()
-        st.committed_offset = snapshot.offset
+        self.state.committed_offset = snapshot.offset
         self.metrics.commits.inc()
         self._mirror_event.set()
+
+    def _barrier(self) -> None:
+        """Store the offset before a message that deletes or revives a name (worker thread, lock held).
+
+        The event loop waits on this thread with the lock held, so nothing else
+        touches the offset state meanwhile; the loop records the commit after.
+        """
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return
+        try:
+            self._durable_then_save(snapshot)
+        except Exception as error:
+            raise BarrierFailed(f"storing the offset before a deletion failed: {error}") from error
+        self._barrier_snapshot = snapshot
 
     def _durable_then_save(self, snapshot: OffsetState) -> None:
         self.processor.sync()  # the renames of every message up to the offset, first
@@ -475,64 +483,6 @@ class StreamConsumer:
             if offset is None or consumer is None or offset == self._mirrored:
                 continue
             await self._store_on_server(consumer, offset)
-
-    # -- periodic work -----------------------------------------------------
-
-    async def _housekeeping(self) -> None:
-        """Liveness tick and disk guard, once a second."""
-        while True:
-            self.state.loop_tick = time.monotonic()
-            self.disk.check()
-            self.state.disk_percent = self.disk.percent
-            self.state.disk_critical = self.disk.is_critical
-            await asyncio.sleep(1.0)
-
-    async def _report_status(self) -> None:
-        while True:
-            await self._report_once(timeout=30)
-            await asyncio.sleep(self.settings.status_interval_seconds)
-
-    async def _report_once(self, timeout: float) -> None:
-        if self.reporter is None:
-            return
-        fields = self.state.status_fields()
-        if "messagesWaiting" in fields:
-            self._reported_waiting = True
-        elif self._reported_waiting:
-            fields["messagesWaiting"] = None  # merge patch: null removes a stale value
-            self._reported_waiting = False
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self.reporter.report, fields), timeout)
-        except Exception as error:
-            log.warning("status report failed: %s", type(error).__name__)
-
-    async def _watch_tail(self, probe: TailProbe) -> None:
-        """Track the stream's newest offset; resubscribe when messages wait but none come."""
-        # Each probe receives the newest chunk (possibly megabytes of images), so
-        # it runs at most every TAIL_PROBE_SECONDS whatever the status interval.
-        period = max(TAIL_PROBE_SECONDS, self.settings.status_interval_seconds)
-        warned_behind = False
-        while True:
-            tail = await probe.tail()
-            st = self.state
-            st.observe_tail(tail, time.monotonic())
-            behind = tail is not None and st.processed_offset is not None and tail < st.processed_offset
-            if behind and not warned_behind:
-                # Offsets never go back in a stream: it was deleted and created anew,
-                # and the stored offset would skip its first messages.
-                log.error(
-                    "the stream ends before the stored offset: was it recreated? "
-                    "Remove the offset file (and the server-side offset) to read it from the start",
-                    extra={"tail": tail, "offset": st.processed_offset},
-                )
-            warned_behind = behind
-            if st.stalled(time.monotonic(), self._subscribed_at, STALL_SECONDS):
-                log.warning(
-                    "messages wait but none arrive: resubscribing",
-                    extra={"waiting": st.messages_waiting(), "offset": st.processed_offset},
-                )
-                self._lost.set()
-            await asyncio.sleep(period)
 
 
 async def _first_of(*awaitables: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from azaion_workloads.classes import ClassCatalog
@@ -28,6 +29,10 @@ from azaion_workloads.queue.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class BarrierFailed(Exception):
+    """Storing the offset before a message failed: the environment's fault, never the message's."""
 
 
 @dataclass(frozen=True)
@@ -71,19 +76,33 @@ class MessageProcessor:
         """Make every rename so far durable (before an offset covering it is stored)."""
         return self.pending.sync()
 
-    def process(self, raw: bytes, offset: int, stored_at_ms: int | None) -> Outcome:
+    def process(
+        self,
+        raw: bytes,
+        offset: int,
+        stored_at_ms: int | None,
+        barrier: Callable[[], None] | None = None,
+    ) -> Outcome:
+        """Apply or quarantine one entry; call ``barrier`` first when it deletes or revives a name.
+
+        ``barrier`` stores the offset of everything processed so far (see
+        :meth:`Applier.needs_barrier`); without one (a replay by hand, a
+        benchmark) the message is simply applied.
+        """
         started = time.perf_counter()
         self._reload_classes()
         kind = "unknown"
         try:
             message = decode(raw, self._valid_ids)
             kind = message.status.label
+            if barrier is not None and self.applier.needs_barrier(message):
+                barrier()
             effects = self.applier.apply(message)
         except MalformedMessage as error:
             if error.status is not None:
                 kind = error.status.label
             return self._quarantine(raw, offset, stored_at_ms, error, kind, started)
-        except OSError:
+        except (OSError, BarrierFailed):
             raise  # the disk failed, not the message: do not move past it
         except Exception as error:  # a defect here must not stop the stream either
             log.exception("unexpected error on message at offset %d", offset)

@@ -23,12 +23,11 @@ from typing import Any
 
 import msgpack
 from pydantic import (
-    AliasChoices,
     BaseModel,
     ConfigDict,
-    Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from azaion_contract import IMAGE_EXTENSIONS
@@ -108,24 +107,59 @@ def _enum_member(enum_cls: type[enum.IntEnum], value: Any) -> enum.IntEnum:
     raise ValueError(f"{enum_cls.__name__} of type {type(value).__name__}")
 
 
+#: Every accepted spelling of each detection key, written lower-case without
+#: separators: a key matches when it equals one of these after the same
+#: folding (PascalCase, camelCase, snake_case, kebab-case, all-lower or
+#: all-upper .NET names alike).
+DETECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "class_id": ("classnumber", "classid", "class", "cls"),
+    "x": ("x", "centerx", "centrex", "cx"),
+    "y": ("y", "centery", "centrey", "cy"),
+    "w": ("width", "w"),
+    "h": ("height", "h"),
+    "confidence": ("confidence", "probability"),
+}
+_FIELD_OF_KEY = {spelling: name for name, spellings in DETECTION_KEYS.items() for spelling in spellings}
+
+
+def fold_key(key: str) -> str:
+    """``ClassNumber``, ``class_number``, ``CLASS-NUMBER`` -> ``classnumber``."""
+    return "".join(character for character in key.lower() if character not in "_- ")
+
+
+def _coordinate_text(value: float) -> str:
+    # The shortest text that parses back to the same double (Python's repr),
+    # so a label holds exactly the message's numbers; +0.0 turns -0.0 into 0.0.
+    return repr(value + 0.0)
+
+
 class Detection(BaseModel):
     """One box: class id, centre and size normalised to the image (0..1)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    class_id: int = Field(
-        validation_alias=AliasChoices(
-            "ClassNumber", "classNumber", "class_number", "ClassId", "classId", "class_id",
-            "Class", "class", "Cls", "cls",
-        )
-    )  # fmt: skip
-    x: float = Field(validation_alias=AliasChoices("X", "x", "CenterX", "centerX", "cx"))
-    y: float = Field(validation_alias=AliasChoices("Y", "y", "CenterY", "centerY", "cy"))
-    w: float = Field(validation_alias=AliasChoices("Width", "width", "W", "w"))
-    h: float = Field(validation_alias=AliasChoices("Height", "height", "H", "h"))
-    confidence: float | None = Field(
-        None, validation_alias=AliasChoices("Confidence", "confidence", "Probability", "probability")
-    )
+    class_id: int
+    x: float
+    y: float
+    w: float
+    h: float
+    confidence: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spellings(cls, value: Any) -> Any:
+        """Map each key, whatever its case and separators, onto its field."""
+        if not isinstance(value, dict):
+            return value
+        fields: dict[str, Any] = {}
+        for key, item in value.items():
+            name = _FIELD_OF_KEY.get(fold_key(key)) if isinstance(key, str) else None
+            if name is None:
+                continue  # unknown keys are ignored, as before
+            if name in fields and fields[name] != item:
+                raise ValueError(f"{name} is given twice with different values")
+            fields[name] = item
+        return fields
 
     @field_validator("class_id", mode="before")
     @classmethod
@@ -149,8 +183,9 @@ class Detection(BaseModel):
         return value
 
     def yolo_line(self) -> str:
-        """``class_id cx cy w h``, as the YOLO label format wants it."""
-        return f"{self.class_id} {self.x:.6f} {self.y:.6f} {self.w:.6f} {self.h:.6f}"
+        """``class_id cx cy w h``, as the YOLO label format wants it, at full precision."""
+        numbers = " ".join(_coordinate_text(value) for value in (self.x, self.y, self.w, self.h))
+        return f"{self.class_id} {numbers}"
 
 
 def label_text(detections: list[Detection]) -> str:
@@ -319,8 +354,8 @@ def _detections(value: Any, valid_ids: Collection[int]) -> list[Detection]:
             detection = Detection.model_validate(item)
         except ValidationError as error:
             first = error.errors(include_input=False, include_url=False)[0]
-            field = ".".join(str(part) for part in first["loc"])
-            raise MalformedMessage("detections", f"detection {index}: {field}: {first['msg']}") from None
+            where = "".join(f"{part}: " for part in first["loc"])
+            raise MalformedMessage("detections", f"detection {index}: {where}{first['msg']}") from None
         if detection.class_id not in valid_ids:
             raise MalformedMessage("detections", f"detection {index}: unknown class id {detection.class_id}")
         detections.append(detection)
