@@ -26,7 +26,7 @@ from azaion_workloads.heartbeat import Heartbeat
 from azaion_workloads.status import FileStatusReporter
 from azaion_workloads.training import crypto
 from azaion_workloads.training.config import load_settings
-from azaion_workloads.training.pipeline import ENCRYPT_ENGINE_DONE, Pipeline
+from azaion_workloads.training.pipeline import ENCRYPT_ENGINE_DONE, EncryptResult, Pipeline, PublishResult
 from azaion_workloads.training.progress import Progress, StopFlag
 from azaion_workloads.training.publish import MiB, Publisher, S3Target, small_part_size
 from azaion_workloads.training.train import TrainingResult
@@ -150,14 +150,19 @@ def test_split_upload_compat_mode(
     encrypted.write_bytes(data)
     progress = Progress(FileStatusReporter(tmp_path / "status.json"), Heartbeat(tmp_path / "hb"), StopFlag())
     pipeline = Pipeline(settings, progress)
-    record = {
-        "encrypted": str(encrypted.relative_to(root)),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size": size,
-    }
+    record = EncryptResult(
+        source="models/local/split/artifacts/azaion.onnx",
+        source_sha256="plain-sha",
+        encrypted=str(encrypted.relative_to(root)),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=size,
+        key_id="key-1",
+    )
     best = tmp_path / "best.pt"
     best.write_bytes(b"pt")
-    pipeline.publish(record, "plain-sha", TrainingResult(best, "pt-sha", 1, {"map50": 0.5}), "key-1")
+    trained = TrainingResult(best, "pt-sha", 1, {"map50": 0.5})
+    published = pipeline.publish(record, trained)
+    pipeline.report(published)  # as run() does
 
     (upload,) = fake_api.uploads
     assert fake_api.logins == 2  # the 403 made it log in again
@@ -179,12 +184,16 @@ def test_split_upload_compat_mode(
     assert big["sha256"] == hashlib.sha256(body).hexdigest()
     assert artifact["split"]["small"]["sha256"] == hashlib.sha256(data[:small]).hexdigest()
     assert artifact["sha256"] == hashlib.sha256(data).hexdigest()
+    assert artifact["plainSha256"] == "plain-sha" and artifact["encryption"]["keyId"] == "key-1"
     # A retry after a complete publish sends nothing again, to either side.
-    pipeline.publish(record, "plain-sha", TrainingResult(best, "pt-sha", 1, {"map50": 0.5}), "key-1")
+    assert pipeline.publish(record, trained) == published
     assert len(fake_api.uploads) == 1 and fake_api.logins == 2
 
+    manifest_uri = f"s3://{bucket}/{settings.s3_prefix}/runs/local/split/manifest.json"
+    assert published.manifest_uri == manifest_uri and published.artifact_uris == (big["uri"],)
     status = json.loads((tmp_path / "status.json").read_text())
-    assert status["artifacts"]["manifestUri"] == f"s3://{bucket}/{settings.s3_prefix}/runs/local/split/manifest.json"
+    assert status["artifacts"]["manifestUri"] == manifest_uri
+    assert status["artifacts"]["publishedUris"] == [big["uri"], manifest_uri]
 
 
 def test_tensorrt_engine_is_encrypted_and_published_beside_the_model(
@@ -213,12 +222,20 @@ def test_tensorrt_engine_is_encrypted_and_published_beside_the_model(
     best.write_bytes(b"pt")
     result = TrainingResult(best, "pt-sha", 1, {"map50": 0.5})
 
-    def publish() -> None:
+    def publish() -> tuple[EncryptResult, EncryptResult, PublishResult]:
+        """The encrypt and publish steps, reported as run() reports them (the engine's encryption is not)."""
         model_record = pipeline.encrypt(onnx, onnx_sha, key, "key-1")
+        pipeline.report(model_record)
         engine_record = pipeline.encrypt(engine, engine_sha, key, "key-1", done_name=ENCRYPT_ENGINE_DONE)
-        pipeline.publish(model_record, onnx_sha, result, "key-1", engine=engine_record)
+        published = pipeline.publish(model_record, result, engine=engine_record)
+        pipeline.report(published)
+        return model_record, engine_record, published
 
-    publish()
+    model_record, engine_record, publish_result = publish()
+    # Each step returns its own record; the engine's is on disk like the model's.
+    assert model_record.encrypted.endswith("azaion.onnx.enc") and model_record.source_sha256 == onnx_sha
+    assert engine_record.encrypted.endswith("azaion.cc_8.9_sm_128.engine.enc")
+    assert EncryptResult.read(settings.run_dir / ENCRYPT_ENGINE_DONE) == engine_record
     client = s3_server.client()
     manifest_key = f"{settings.s3_prefix}/runs/local/engine/manifest.json"
     manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
@@ -240,8 +257,10 @@ def test_tensorrt_engine_is_encrypted_and_published_beside_the_model(
     assert status["tensorrtUri"] == engine_entry["uri"] == f"s3://{bucket}/{engine_entry['key']}"
     assert status["publishedUris"] == [model_entry["uri"], engine_entry["uri"], manifest_uri]
     assert status["encrypted"].endswith("azaion.onnx.enc")  # the engine does not replace the model's record
+    assert status["encrypted"] == model_record.encrypted and status["encryptedSha256"] == model_record.sha256
+    assert publish_result.tensorrt_uri == engine_entry["uri"] and publish_result.manifest_uri == manifest_uri
 
     # A retry re-encrypts and uploads nothing, and leaves the manifest as it was.
     head = client.head_object(Bucket=bucket, Key=manifest_key)
-    publish()
+    assert publish() == (model_record, engine_record, publish_result)
     assert client.head_object(Bucket=bucket, Key=manifest_key)["ETag"] == head["ETag"]

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from azaion_contract.models.trainingrun import TrainingRunSpec
+from azaion_contract.models.trainingrun import Phase, TrainingRunSpec, TrainingRunStatus
 from azaion_contract.training_options import ALLOWED_EXTRA_ARGS
 from azaion_operator import crdgen
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit.names import job_name
 from azaion_operator.trainingrun.builders import build_job, build_trainer_identity
-from azaion_operator.trainingrun.lifecycle import Admission, child_rejected, decide, needs_admission
+from azaion_operator.trainingrun.lifecycle import Admission, Decision, child_rejected, decide, needs_admission
 from azaion_operator.trainingrun.queue import Waiting, free_gpus, plan
 
 pytestmark = pytest.mark.unit
@@ -216,6 +216,21 @@ def test_deadline_over_all_attempts_fails_the_run():
     decision = decide(META, spec(activeDeadlineSeconds=3600), status, None, [], NOW, "img", Admission(True))
     assert decision.status["phase"] == "Failed"
     assert decision.create_attempt is None
+
+
+def test_status_patches_are_built_through_the_status_model():
+    decision = Decision()
+    with pytest.raises(TypeError, match="TrainingRunStatus has no field next_attempt"):
+        decision.set_status(next_attempt="2026-11-23T12:00:00Z")  # misspelt
+    with pytest.raises(TypeError, match="has no field nextAttemptAt"):
+        decision.set_status(nextAttemptAt="2026-11-23T12:00:00Z")  # a wire name is not a field name
+    assert decision.status == {}  # nothing half-written
+    # camelCase out; None stays in the patch as null, which removes the key (a merge patch).
+    decision.set_status(queue_position=None, next_attempt_at="2026-11-23T12:00:00Z", phase=Phase.PENDING)
+    assert decision.status == {"queuePosition": None, "nextAttemptAt": "2026-11-23T12:00:00Z", "phase": "Pending"}
+    # What decide() writes is exactly what the status writer accepts.
+    started = decide(META, spec(resources={"gpus": 0}), {}, None, [], NOW, "img")
+    assert TrainingRunStatus.checked(started.status) == started.status
 
 
 def test_queue_is_priority_then_first_come_and_never_overtaken():

@@ -12,13 +12,9 @@ from azaion_contract.models.annotationconsumer import (
     ConsumerPhase,
     duration_seconds,
 )
-from azaion_contract.timefmt import parse_rfc3339
+from azaion_contract.timefmt import parse_rfc3339_or_none
 from azaion_contract.timefmt import rfc3339 as timestamp
 from azaion_operator.kit.conditions import condition, find_in, keep_transition_times
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return parse_rfc3339(value) if value else None
 
 
 @dataclass
@@ -47,7 +43,7 @@ def assess(
 
     # Offset bookkeeping: remember when the reported offset last moved.
     offset = reported_status.offset
-    changed_at = parse_time(reported_status.offset_changed_at)
+    changed_at = parse_rfc3339_or_none(reported_status.offset_changed_at)
     if offset != reported_status.seen_offset or changed_at is None:
         update.update(seen_offset=offset, offset_changed_at=stamp)
         changed_at = now
@@ -57,7 +53,7 @@ def assess(
     is_available = available.get("status") == "True"
 
     stall_after = duration_seconds(spec.stall_after)
-    reported = parse_time(reported_status.reported_at)
+    reported = parse_rfc3339_or_none(reported_status.reported_at)
     waiting = reported_status.messages_waiting
     stalled, stall_message = False, "the offset advances or nothing is waiting"
     if is_available and reported is not None and (now - reported).total_seconds() > stall_after:

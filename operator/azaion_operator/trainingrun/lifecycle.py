@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from azaion_contract.models.trainingrun import Phase, TrainingRunSpec
-from azaion_contract.timefmt import parse_rfc3339, rfc3339
+from azaion_contract.models.trainingrun import AttemptRecord, Phase, TrainingRunSpec, TrainingRunStatus
+from azaion_contract.timefmt import parse_rfc3339_or_none, rfc3339
 from azaion_operator.kit.conditions import condition, find, keep_transition_times
 from azaion_operator.kit.names import job_name
 from azaion_operator.trainingrun.outcomes import AttemptOutcome, classify, is_disrupted, pod_problem
@@ -33,6 +33,7 @@ class Admission:
 
 @dataclass
 class Decision:
+    #: The status merge patch (wire names); written through :meth:`set_status`.
     status: dict[str, Any] = field(default_factory=dict)
     create_attempt: int | None = None
     job_deadline_seconds: int | None = None
@@ -49,12 +50,17 @@ class Decision:
     def frees_gpus(self) -> bool:
         return bool(self.delete_jobs) or self.status.get("phase") in TERMINAL | {Phase.SUSPENDED.value}
 
+    def set_status(self, **fields: Any) -> None:
+        """Add :class:`TrainingRunStatus` fields (Python names) to the patch.
+
+        Built through the model, so a misspelt name is a ``TypeError`` here, not
+        a key nobody reads; a field set to None stays in the patch as null,
+        which removes it from the status (a merge patch).
+        """
+        self.status.update(TrainingRunStatus.patch(**fields))
+
 
 timestamp = rfc3339
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return parse_rfc3339(value) if value else None
 
 
 def needs_admission(spec: TrainingRunSpec, status: dict[str, Any], job: dict[str, Any] | None) -> bool:
@@ -96,11 +102,13 @@ class _Builder:
         self.history: list[dict[str, Any]] = [dict(r) for r in status.get("attemptHistory") or []]
 
     def set_phase(self, phase: Phase, reason: str, message: str, event_type: str = "Normal") -> None:
-        status = self.decision.status
-        status["phase"] = phase.value
-        status["observedGeneration"] = self.meta.get("generation", 1)
-        conditions = _conditions(phase.value, reason, message, timestamp(self.now), self.meta.get("generation", 1))
-        status["conditions"] = keep_transition_times(conditions, self.old.get("conditions"))
+        generation = self.meta.get("generation", 1)
+        conditions = _conditions(phase.value, reason, message, timestamp(self.now), generation)
+        self.decision.set_status(
+            phase=phase,
+            observed_generation=generation,
+            conditions=keep_transition_times(conditions, self.old.get("conditions")),
+        )
         old_progressing = find(self.old.get("conditions"), "Progressing") or {}
         if self.old.get("phase") != phase.value or old_progressing.get("reason") != reason:
             self.decision.events.append((event_type, reason, message))
@@ -109,32 +117,35 @@ class _Builder:
         """Close (or open) the history entry of ``attempt``."""
         entry = next((r for r in self.history if r.get("attempt") == attempt), None)
         if entry is None:
-            entry = {
-                "attempt": attempt,
-                "jobName": job_name(self.meta["name"], attempt),
-                "outcome": "Running",
-                "startedAt": timestamp(self.now),
-            }
+            entry = AttemptRecord.patch(
+                attempt=attempt,
+                job_name=job_name(self.meta["name"], attempt),
+                outcome="Running",
+                started_at=timestamp(self.now),
+            )
             self.history.append(entry)
         if outcome is not None:
             was_open = entry.get("outcome") == "Running"
-            entry.update(
-                outcome=kind or _HISTORY_OUTCOME.get(outcome.kind, outcome.kind),
-                reason=outcome.reason,
-                message=outcome.message,
-                finishedAt=timestamp(self.now),
-            )
+            closed: dict[str, Any] = {
+                "outcome": kind or _HISTORY_OUTCOME.get(outcome.kind, outcome.kind),
+                "reason": outcome.reason,
+                "message": outcome.message,
+                "finished_at": timestamp(self.now),
+            }
             if outcome.exit_code is not None:
-                entry["exitCode"] = outcome.exit_code
+                closed["exit_code"] = outcome.exit_code
+            # Validated whole: AttemptRecord's required fields (attempt, jobName) are the open entry's.
+            recorded = AttemptRecord.model_validate(entry).model_dump(exclude_unset=True)
+            entry.update(AttemptRecord.patch(**{**recorded, **closed}))
             if was_open and entry["outcome"] == "Failed":
                 self.decision.failed_attempts.append(outcome.reason)
 
     def finish(self) -> Decision:
-        status = self.decision.status
-        status["attemptHistory"] = self.history
-        status["failures"] = sum(1 for r in self.history if r.get("outcome") == "Failed")
-        status["preemptions"] = sum(1 for r in self.history if r.get("outcome") == "Preempted") + len(
-            self.old.get("preemptedPods") or []
+        self.decision.set_status(
+            attempt_history=self.history,
+            failures=sum(1 for r in self.history if r.get("outcome") == "Failed"),
+            preemptions=sum(1 for r in self.history if r.get("outcome") == "Preempted")
+            + len(self.old.get("preemptedPods") or []),
         )
         return self.decision
 
@@ -147,7 +158,7 @@ def _backoff(spec: TrainingRunSpec, failures: int) -> timedelta:
 def ttl_expired(spec: TrainingRunSpec, status: dict[str, Any], now: datetime) -> bool:
     """A finished run whose Jobs and pods are due for deletion (ttlSecondsAfterFinished)."""
     ttl = spec.ttl_seconds_after_finished
-    finished = parse_time(status.get("completionTime"))
+    finished = parse_rfc3339_or_none(status.get("completionTime"))
     return (
         status.get("phase") in TERMINAL
         and ttl is not None
@@ -161,7 +172,8 @@ def count_disruption(status: dict[str, Any], pod: str) -> Decision | None:
     counted = list(status.get("preemptedPods") or [])
     if pod in counted:
         return None
-    decision = Decision(status={"preemptedPods": [*counted, pod]}, preemptions=1)
+    decision = Decision(preemptions=1)
+    decision.set_status(preempted_pods=[*counted, pod])
     decision.events.append(("Warning", "Preempted", f"pod {pod} was disrupted; the Job replaces it"))
     return decision
 
@@ -187,7 +199,7 @@ def decide(
         return b.decision
 
     if not status.get("image"):
-        b.decision.status["image"] = spec.image or default_image
+        b.decision.set_status(image=spec.image or default_image)
 
     # The current attempt's Job, while its outcome is not yet recorded.
     if job is not None and _open_attempt(b.history, attempts):
@@ -210,17 +222,17 @@ def decide(
         b.set_phase(Phase.SUSPENDED, "Suspended", "the run is suspended")
         return b.finish()
 
-    next_at = parse_time(status.get("nextAttemptAt"))
+    next_at = parse_rfc3339_or_none(status.get("nextAttemptAt"))
     if next_at and now < next_at:
         return b.finish()
 
     deadline = spec.active_deadline_seconds
-    started = parse_time(status.get("startTime"))
+    started = parse_rfc3339_or_none(status.get("startTime"))
     remaining = None
     if deadline is not None and started is not None:
         remaining = int(deadline - (now - started).total_seconds())
         if remaining <= 0:
-            b.decision.status["completionTime"] = timestamp(now)
+            b.decision.set_status(completion_time=timestamp(now))
             b.set_phase(
                 Phase.FAILED, "DeadlineExceeded", f"the run exceeded activeDeadlineSeconds={deadline}", "Warning"
             )
@@ -228,7 +240,7 @@ def decide(
 
     if spec.resources.gpus > 0 and not (admission and admission.admitted):
         position = admission.position if admission else None
-        b.decision.status["queuePosition"] = position
+        b.decision.set_status(queue_position=position)
         b.set_phase(
             Phase.QUEUED, "WaitingForGPU", f"waiting for {spec.resources.gpus} free GPU(s); position {position}"
         )
@@ -238,14 +250,14 @@ def decide(
     b.decision.create_attempt = attempt
     b.decision.job_deadline_seconds = remaining if remaining is not None else deadline
     b.record(attempt, None)
-    b.decision.status.update(
+    b.decision.set_status(
         attempts=attempt,
-        jobName=job_name(meta["name"], attempt),
-        queuePosition=None,
-        nextAttemptAt=None,
+        job_name=job_name(meta["name"], attempt),
+        queue_position=None,
+        next_attempt_at=None,
     )
     if not status.get("startTime"):
-        b.decision.status["startTime"] = timestamp(now)
+        b.decision.set_status(start_time=timestamp(now))
     b.set_phase(Phase.PENDING, "AttemptStarted", f"attempt {attempt} started (Job {job_name(meta['name'], attempt)})")
     return b.finish()
 
@@ -266,7 +278,7 @@ def child_rejected(
         f"the API server refused the run's {kind}; fix the spec: {api_message}",
         "Warning",
     )
-    b.decision.status["rejectedGeneration"] = meta.get("generation", 1)
+    b.decision.set_status(rejected_generation=meta.get("generation", 1))
     return b.decision
 
 
@@ -288,7 +300,7 @@ def _while_running(
         message = f"{disrupted} disruptions exceed failurePolicy.maxPreemptions={spec.failure_policy.max_preemptions}"
         b.record(attempts, AttemptOutcome("Preempted", "PreemptionBudgetExhausted", message), kind="Stopped")
         b.decision.delete_jobs.append(job["metadata"]["name"])
-        b.decision.status["completionTime"] = timestamp(b.now)
+        b.decision.set_status(completion_time=timestamp(b.now))
         b.set_phase(Phase.FAILED, "PreemptionBudgetExhausted", message, "Warning")
         return b.finish()
     problem = pod_problem(pods)
@@ -310,17 +322,17 @@ def _after_attempt(
     b.record(attempts, outcome)
     label = f"attempt {attempts}: {outcome.message}"
     if outcome.kind == "Succeeded":
-        b.decision.status["completionTime"] = timestamp(b.now)
+        b.decision.set_status(completion_time=timestamp(b.now))
         b.set_phase(Phase.SUCCEEDED, "Succeeded", f"training finished in {attempts} attempt(s)")
         return b.finish()
     if outcome.kind in ("PermanentError", "DeadlineExceeded"):
-        b.decision.status["completionTime"] = timestamp(b.now)
+        b.decision.set_status(completion_time=timestamp(b.now))
         b.set_phase(Phase.FAILED, outcome.reason, label, "Warning")
         return b.finish()
 
     decision = b.finish()
     if outcome.kind == "Failed" and decision.status["failures"] >= spec.failure_policy.max_failures:
-        decision.status["completionTime"] = timestamp(b.now)
+        decision.set_status(completion_time=timestamp(b.now))
         b.set_phase(
             Phase.FAILED,
             "FailureBudgetExhausted",
@@ -330,7 +342,7 @@ def _after_attempt(
         )
         return b.finish()
     if outcome.kind == "Preempted" and decision.status["preemptions"] > spec.failure_policy.max_preemptions:
-        decision.status["completionTime"] = timestamp(b.now)
+        decision.set_status(completion_time=timestamp(b.now))
         b.set_phase(
             Phase.FAILED,
             "PreemptionBudgetExhausted",
@@ -340,7 +352,7 @@ def _after_attempt(
         )
         return b.finish()
     delay = _backoff(spec, decision.status["failures"]) if outcome.kind == "Failed" else timedelta(0)
-    decision.status["nextAttemptAt"] = timestamp(b.now + delay)
+    decision.set_status(next_attempt_at=timestamp(b.now + delay))
     b.set_phase(
         Phase.PENDING,
         "RetryingAfterFailure" if outcome.kind == "Failed" else "RetryingAfterDisruption",

@@ -136,7 +136,7 @@ def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: Operato
         if created:
             metrics.ATTEMPTS.inc()
         if status.get("rejectedGeneration") is not None:
-            decision.status["rejectedGeneration"] = None  # the changed spec went through
+            decision.set_status(rejected_generation=None)  # the changed spec went through
     for job_to_delete in decision.delete_jobs:
         kube.delete_job(namespace, job_to_delete)
     if decision.delete_all_jobs:

@@ -106,7 +106,7 @@ def _run(only_dataset: bool) -> int:
         pipeline = Pipeline(settings, progress)
         if only_dataset:
             settings.layout.ensure()
-            pipeline.dataset()
+            pipeline.report(pipeline.dataset())
         else:
             from azaion_workloads.training.offline import disable_integrations
 

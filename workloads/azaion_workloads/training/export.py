@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from azaion_contract.models.trainingrun import Artifacts
 from azaion_workloads.fsutil import atomic_write_bytes, durable_move, sha256_file
+from azaion_workloads.status import build
 from azaion_workloads.training.config import TrainingSettings
 from azaion_workloads.training.progress import Progress, keepalive
 
@@ -24,10 +26,19 @@ EXPORT_KEEPALIVE_SECONDS = 3 * 3600
 
 @dataclass(frozen=True)
 class ExportResult:
+    """The export step's result: the ONNX file and, on a GPU, the TensorRT engine, with their hashes."""
+
     onnx: Path
     sha256: str
     engine: Path | None = None
     engine_sha256: str | None = None
+
+    def artifacts(self, root: Path) -> Artifacts:
+        """The ``status.artifacts`` fields of this result (paths relative to the data root ``root``)."""
+        fields: dict[str, Any] = {"onnx": str(self.onnx.relative_to(root)), "onnx_sha256": self.sha256}
+        if self.engine is not None:  # no engine: its fields stay out of the patch (null would delete them)
+            fields.update(tensorrt=str(self.engine.relative_to(root)), tensorrt_sha256=self.engine_sha256)
+        return build(Artifacts, **fields)
 
 
 def verify_onnx(path: Path, batch: int, imgsz: int) -> list[tuple[int, ...]]:

@@ -4,6 +4,13 @@ dataset -> training -> export -> encrypt -> publish -> promote. Every step
 records what it produced (a manifest or a small JSON file in the run
 directory, written atomically after its outputs), so a retry after any crash
 continues at the first step whose record is missing or no longer matches.
+
+Each step returns its result as a small typed object that only the step
+builds (:class:`DatasetResult`, :class:`~.train.TrainingResult`,
+:class:`~.export.ExportResult`, :class:`EncryptResult`, :class:`PublishResult`,
+:class:`PromoteResult`); each result says what it adds to
+``status.artifacts``. :meth:`Pipeline.run` orders the steps and reports their
+results, so what a step does and what status shows stay in one place each.
 """
 
 from __future__ import annotations
@@ -11,12 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
 
-from azaion_contract.models.trainingrun import Artifacts, DatasetArtifact
+from azaion_contract.models.trainingrun import Artifacts, DatasetArtifact, TrainingRunStatus
 from azaion_contract.timefmt import rfc3339
 from azaion_workloads.classes import ClassCatalog
 from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, atomic_writer, sha256_file
@@ -28,8 +38,9 @@ from azaion_workloads.training.errors import PermanentError
 from azaion_workloads.training.progress import Progress
 from azaion_workloads.training.train import TrainingResult, train
 
-if TYPE_CHECKING:  # the export module pulls in numpy: imported only when exporting
+if TYPE_CHECKING:  # numpy (export) and boto3 (publish) are imported only when those steps run
     from azaion_workloads.training.export import ExportResult
+    from azaion_workloads.training.publish import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +48,119 @@ ENCRYPT_DONE = "encrypt.json"
 #: The TensorRT engine's encryption record (a separate step result: it may come and go).
 ENCRYPT_ENGINE_DONE = "encrypt-engine.json"
 PUBLISH_DONE = "publish.json"
+
+
+class StepResult(Protocol):
+    """What a step produced, as status shows it."""
+
+    def artifacts(self, root: Path) -> Artifacts:
+        """The ``status.artifacts`` fields of this result (paths relative to the data root ``root``)."""
+        ...
+
+
+def _rel(path: Path, root: Path) -> str:
+    return str(path.relative_to(root))
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    """The formed dataset: its directory, ``data.yaml`` and the counts of its manifest."""
+
+    directory: Path
+    data_yaml: Path
+    train: int
+    valid: int
+    test: int
+    #: Annotations moved to data-corrupted/ by label validation.
+    corrupted: int
+    manifest_sha256: str
+
+    def artifacts(self, root: Path) -> Artifacts:
+        return build(
+            Artifacts,
+            dataset=build(
+                DatasetArtifact,
+                path=_rel(self.directory, root),
+                train=self.train,
+                valid=self.valid,
+                test=self.test,
+                corrupted=self.corrupted,
+                manifest_sha256=self.manifest_sha256,
+            ),
+        )
+
+
+class _Record(BaseModel):
+    """A step record kept as JSON in the run directory: camelCase keys, as it always was."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class EncryptionFormat(_Record):
+    """How the file was encrypted (see :mod:`.crypto`)."""
+
+    algorithm: str = "AES-256-GCM"
+    version: int = crypto.VERSION
+
+
+class EncryptResult(_Record):
+    """One encrypted file: the content of its record (``encrypt.json`` for the model).
+
+    Paths are relative to the data root, as in the record file.
+    """
+
+    source: str
+    source_sha256: str
+    encrypted: str
+    sha256: str
+    size: int
+    key_id: str
+    format: EncryptionFormat = Field(default_factory=EncryptionFormat)
+
+    def artifacts(self, root: Path) -> Artifacts:
+        return build(Artifacts, encrypted=self.encrypted, encrypted_sha256=self.sha256)
+
+    def dump(self) -> bytes:
+        """The record file's bytes (``json.dumps`` with indent 2, as before these were models)."""
+        return json.dumps(self.model_dump(by_alias=True, mode="json"), indent=2).encode()
+
+    @classmethod
+    def read(cls, path: Path) -> EncryptResult | None:
+        """The record in ``path``, or None when it is missing or unreadable (then the step runs)."""
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError):
+            return None
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Where the run's objects went: the manifest and the S3 copies of its artifacts."""
+
+    manifest_uri: str
+    #: The artifacts' S3 URIs (the big parts in split mode), the model's first; the manifest's not among them.
+    artifact_uris: tuple[str, ...]
+    #: The engine's S3 URI, when an engine was published.
+    tensorrt_uri: str | None = None
+
+    def artifacts(self, root: Path) -> Artifacts:
+        fields: dict[str, Any] = {"manifest_uri": self.manifest_uri}
+        fields["published_uris"] = [*self.artifact_uris, self.manifest_uri]
+        if self.tensorrt_uri is not None:  # left out, not null: a merge patch would delete it
+            fields["tensorrt_uri"] = self.tensorrt_uri
+        return build(Artifacts, **fields)
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    """The promoted model: the local current model and, when published, the store's pointer."""
+
+    current: Path
+    #: ``current.json`` in the store, or None when nothing was published.
+    pointer_uri: str | None = None
+
+    def artifacts(self, root: Path) -> Artifacts:
+        return build(Artifacts, promoted=True)
 
 
 def load_key(settings: TrainingSettings) -> tuple[bytes, str] | None:
@@ -58,25 +182,41 @@ def load_key(settings: TrainingSettings) -> tuple[bytes, str] | None:
 
 
 class Pipeline:
+    """The steps of one run (its methods) and :meth:`run`, which orders them and reports their results."""
+
     def __init__(self, settings: TrainingSettings, progress: Progress) -> None:
         self.settings = settings
         self.progress = progress
         self.root = settings.layout.root
         self.run_dir = settings.run_dir
-        #: Everything reported to status.artifacts so far (the manifest repeats some of it).
-        self.artifacts = Artifacts()
 
     def rel(self, path: Path) -> str:
-        return str(path.relative_to(self.root))
+        return _rel(path, self.root)
 
-    def report_artifacts(self, **fields: Any) -> None:
-        """Report :class:`Artifacts` fields (by Python name) and remember them."""
-        sent = self.progress.artifacts(**fields)
-        self.artifacts = self.artifacts.model_copy(update={name: getattr(sent, name) for name in sent.model_fields_set})
+    def report(self, result: StepResult) -> None:
+        """Report one step's result in ``status.artifacts`` (steps report progress, never results)."""
+        self.progress.report(build(TrainingRunStatus, artifacts=result.artifacts(self.root)))
+
+    @cached_property
+    def publisher(self) -> Publisher:
+        """The S3 store, made once: publishing and promotion talk to it through one client."""
+        from azaion_workloads.training.publish import Publisher, S3Target
+
+        settings = self.settings
+        assert settings.s3_bucket is not None
+        return Publisher(
+            S3Target(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint, settings.s3_region),
+            on_progress=self.progress.beat,
+        )
 
     # Steps ---------------------------------------------------------------
 
     def run(self) -> None:
+        """Every step in order, each result reported as soon as it is there.
+
+        A step whose record still matches returns that record without redoing
+        the work, so a retry runs only the steps a crash left unfinished.
+        """
         settings = self.settings
         key = load_key(settings)
         if settings.model.endswith(".pt") and not Path(settings.model_source()).is_file():
@@ -88,14 +228,18 @@ class Pipeline:
             raise PermanentError(f"{origin}: {settings.model} does not exist in the data root")
         settings.layout.ensure()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        data_yaml = self.dataset()
+        dataset = self.dataset()
+        self.report(dataset)
         self.progress.stop.check("after dataset formation")
-        result = self.train(data_yaml)
+        trained = self.train(dataset.data_yaml)
+        self.report(trained)
         self.progress.stop.check("after training")
-        model_file, model_sha = result.best, result.sha256
+        # What gets encrypted: the best weights, or the ONNX export (and its engine) when exporting.
+        model_file, model_sha = trained.best, trained.sha256
         engine: tuple[Path, str] | None = None
         if settings.export_onnx:
-            exported = self.export(result)
+            exported = self.export(trained)
+            self.report(exported)
             model_file, model_sha = exported.onnx, exported.sha256
             if exported.engine is not None and exported.engine_sha256 is not None:
                 engine = exported.engine, exported.engine_sha256
@@ -103,18 +247,23 @@ class Pipeline:
         encrypted = encrypted_engine = None
         if key is not None:
             encrypted = self.encrypt(model_file, model_sha, *key)
+            self.report(encrypted)
             if engine is not None:
+                # Not reported: status.artifacts.encrypted is the model's. The engine's
+                # encryption shows in the published manifest and tensorrtUri.
                 encrypted_engine = self.encrypt(*engine, *key, done_name=ENCRYPT_ENGINE_DONE)
             self.progress.stop.check("after encryption")
+        published = None
         if settings.publishing:
             assert encrypted is not None  # load_key guarantees a key when publishing
-            self.publish(encrypted, model_sha, result, key[1] if key else "", engine=encrypted_engine)
+            published = self.publish(encrypted, trained, dataset, engine=encrypted_engine)
+            self.report(published)
         if settings.promote:
-            self.promote(result)
+            self.report(self.promote(trained, published))
         self.progress.step("done", percent=100.0, eta_seconds=0)
         log.info("run %s/%s done", settings.resource_namespace, settings.resource_name)
 
-    def dataset(self) -> Path:
+    def dataset(self) -> DatasetResult:
         settings = self.settings
         self.progress.step("dataset")
         try:
@@ -131,107 +280,87 @@ class Pipeline:
             on_progress=lambda: self.progress.beat_or_stop("dataset formation"),
         )
         manifest = builder.build()
-        self.report_artifacts(
-            dataset=build(
-                DatasetArtifact,
-                path=self.rel(settings.dataset_dir),
-                train=manifest.counts["train"],
-                valid=manifest.counts["valid"],
-                test=manifest.counts["test"],
-                corrupted=manifest.corrupted,
-                manifest_sha256=sha256_file(settings.dataset_dir / MANIFEST),
-            )
+        return DatasetResult(
+            directory=settings.dataset_dir,
+            data_yaml=settings.dataset_dir / DATA_YAML,
+            train=manifest.counts["train"],
+            valid=manifest.counts["valid"],
+            test=manifest.counts["test"],
+            corrupted=manifest.corrupted,
+            manifest_sha256=sha256_file(settings.dataset_dir / MANIFEST),
         )
-        return settings.dataset_dir / DATA_YAML
 
     def train(self, data_yaml: Path) -> TrainingResult:
-        result = train(self.settings, data_yaml, self.progress)
-        self.report_artifacts(model=self.rel(result.best), model_sha256=result.sha256)
-        return result
+        return train(self.settings, data_yaml, self.progress)
 
-    def export(self, result: TrainingResult) -> ExportResult:
+    def export(self, trained: TrainingResult) -> ExportResult:
         from azaion_workloads.training.export import export
 
         self.progress.step("export")
-        exported = export(self.settings, result.best, result.sha256, self.progress)
-        self.report_artifacts(onnx=self.rel(exported.onnx), onnx_sha256=exported.sha256)
-        if exported.engine is not None:
-            self.report_artifacts(tensorrt=self.rel(exported.engine), tensorrt_sha256=exported.engine_sha256)
-        return exported
+        return export(self.settings, trained.best, trained.sha256, self.progress)
 
     def encrypt(
         self, source: Path, source_sha: str, key: bytes, key_id: str, *, done_name: str = ENCRYPT_DONE
-    ) -> dict[str, Any]:
+    ) -> EncryptResult:
         """Encrypt ``source`` to ``artifacts/<name>.enc``, recorded in ``done_name``.
 
-        The model's encryption is reported in status (``encrypted``); another
-        file's (the TensorRT engine) only in its record and, once published,
-        in the manifest.
+        A record of the same source and key whose output is still intact is
+        returned as it is: encrypting again would change the file (a new nonce)
+        and so everything published from it.
         """
         self.progress.step("encrypt")
         target = self.run_dir / "artifacts" / f"{source.name}.enc"
         done = self.run_dir / done_name
-        record = _read_json(done)
+        record = EncryptResult.read(done)
         if (
-            record
-            and record.get("sourceSha256") == source_sha
-            and record.get("keyId") == key_id
+            record is not None
+            and record.source_sha256 == source_sha
+            and record.key_id == key_id
             and target.exists()
-            and sha256_file(target) == record.get("sha256")
+            and sha256_file(target) == record.sha256
         ):
             log.info("encryption already done (%s); skipping", target)
-        else:
-            crypto.encrypt_file(
-                source, target, key, key_id, on_chunk=lambda _n: self.progress.beat_or_stop("encryption")
-            )
-            record = {
-                "source": self.rel(source),
-                "sourceSha256": source_sha,
-                "encrypted": self.rel(target),
-                "sha256": sha256_file(target),
-                "size": target.stat().st_size,
-                "keyId": key_id,
-                "format": {"algorithm": "AES-256-GCM", "version": crypto.VERSION},
-            }
-            atomic_write_bytes(done, json.dumps(record, indent=2).encode())
-        if done_name == ENCRYPT_DONE:
-            self.report_artifacts(encrypted=record["encrypted"], encrypted_sha256=record["sha256"])
+            return record
+        crypto.encrypt_file(source, target, key, key_id, on_chunk=lambda _n: self.progress.beat_or_stop("encryption"))
+        record = EncryptResult(
+            source=self.rel(source),
+            source_sha256=source_sha,
+            encrypted=self.rel(target),
+            sha256=sha256_file(target),
+            size=target.stat().st_size,
+            key_id=key_id,
+        )
+        atomic_write_bytes(done, record.dump())
         return record
 
     def publish(
         self,
-        encrypted: dict[str, Any],
-        plain_sha: str,
-        result: TrainingResult,
-        key_id: str,
+        model: EncryptResult,
+        trained: TrainingResult,
+        dataset: DatasetResult | None = None,
         *,
-        engine: dict[str, Any] | None = None,
-    ) -> None:
+        engine: EncryptResult | None = None,
+    ) -> PublishResult:
         """Upload the encrypted model (and engine), then the manifest; skip what is already there.
 
-        ``encrypted`` and ``engine`` are encryption records (see :meth:`encrypt`).
-        The engine goes up exactly like the model, split mode included, and is
-        the manifest's second artifact (``"format": "tensorrt"``), so readers
-        of the first one see no change.
+        ``model`` and ``engine`` are what :meth:`encrypt` returned; the plain
+        hash and key id in the manifest come from them. The engine goes up
+        exactly like the model, split mode included, and is the manifest's
+        second artifact (``"format": "tensorrt"``), so readers of the first one
+        see no change. ``dataset`` fills the manifest's dataset entry (its
+        fields are null without it).
 
         The manifest is compared with the one in the store first: a retry after
         a complete publish uploads nothing (not even the API part in split mode).
         """
-        from azaion_workloads.training.publish import Publisher, S3Target
-
         settings = self.settings
         self.progress.step("publish")
-        assert settings.s3_bucket is not None
-        publisher = Publisher(
-            S3Target(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint, settings.s3_region),
-            on_progress=self.progress.beat,
-        )
-        uploads = [self._prepare(publisher, encrypted, plain_sha, key_id)]
+        publisher = self.publisher
+        uploads = [self._prepare(publisher, model)]
         if engine is not None:
-            uploads.append(self._prepare(publisher, engine, engine["sourceSha256"], key_id, kind="tensorrt"))
+            uploads.append(self._prepare(publisher, engine, kind="tensorrt"))
         uris = [_uri(artifact) for _, artifact, _ in uploads]
 
-        dataset = self.artifacts.dataset or DatasetArtifact()
         document = {
             "schemaVersion": 1,
             "run": {"namespace": settings.resource_namespace, "name": settings.resource_name},
@@ -240,15 +369,15 @@ class Pipeline:
                 "source": settings.model,
                 "epochs": settings.epochs,
                 "imgsz": settings.imgsz,
-                "bestEpoch": result.best_epoch,
-                "ptSha256": result.sha256,
+                "bestEpoch": trained.best_epoch,
+                "ptSha256": trained.sha256,
             },
-            "metrics": result.metrics,
+            "metrics": trained.metrics,
             "dataset": {
-                "manifestSha256": dataset.manifest_sha256,
-                "train": dataset.train,
-                "valid": dataset.valid,
-                "test": dataset.test,
+                "manifestSha256": dataset.manifest_sha256 if dataset else None,
+                "train": dataset.train if dataset else None,
+                "valid": dataset.valid if dataset else None,
+                "test": dataset.test if dataset else None,
             },
             "artifacts": [artifact for _, artifact, _ in uploads],
         }
@@ -273,39 +402,33 @@ class Pipeline:
             self.run_dir / PUBLISH_DONE,
             json.dumps({"manifestUri": manifest_uri, "publishedUris": uris}, indent=2).encode(),
         )
-        self.publisher = publisher
-        self.manifest_key = manifest_key
-        self.report_artifacts(
-            manifest_uri=manifest_uri,
-            published_uris=[*uris, manifest_uri],
-            **({"tensorrt_uri": uris[1]} if engine is not None else {}),
-        )
+        return PublishResult(manifest_uri, tuple(uris), uris[1] if engine is not None else None)
 
     def _prepare(
-        self, publisher: Any, encrypted: dict[str, Any], plain_sha: str, key_id: str, kind: str | None = None
+        self, publisher: Publisher, encrypted: EncryptResult, kind: str | None = None
     ) -> tuple[Path, dict[str, Any], tuple[Path, bytes] | None]:
         """The manifest entry of one encrypted file, and what to upload for it.
 
         Returns the file, its manifest artifact and, in split mode, the S3 part's
         file with the API's prefix bytes (else None: the file goes up whole).
         """
-        path = self.root / encrypted["encrypted"]
+        path = self.root / encrypted.encrypted
         artifact: dict[str, Any] = {
             "name": path.name,
-            "sha256": encrypted["sha256"],
-            "size": int(encrypted["size"]),
-            "plainSha256": plain_sha,
-            "encryption": {"algorithm": "AES-256-GCM", "formatVersion": crypto.VERSION, "keyId": key_id},
+            "sha256": encrypted.sha256,
+            "size": encrypted.size,
+            "plainSha256": encrypted.source_sha256,
+            "encryption": {"algorithm": "AES-256-GCM", "formatVersion": crypto.VERSION, "keyId": encrypted.key_id},
         }
         if kind is not None:  # the model's entry has no format key: it stays as it always was
             artifact["format"] = kind
         if self.settings.api_url:
             return path, artifact, self._split(path, artifact, publisher)
-        key = publisher.blob_key(encrypted["sha256"])
+        key = publisher.blob_key(encrypted.sha256)
         artifact.update(key=key, uri=publisher.uri(key))
         return path, artifact, None
 
-    def _split(self, path: Path, artifact: dict[str, Any], publisher: Any) -> tuple[Path, bytes]:
+    def _split(self, path: Path, artifact: dict[str, Any], publisher: Publisher) -> tuple[Path, bytes]:
         """Cut the encrypted model into the API prefix and the S3 rest (streamed, not loaded)."""
         from azaion_workloads.training.publish import small_part_size
 
@@ -336,7 +459,7 @@ class Pipeline:
         }
         return tail_file, head
 
-    def _upload_split(self, publisher: Any, artifact: dict[str, Any], tail_file: Path, head: bytes) -> None:
+    def _upload_split(self, publisher: Publisher, artifact: dict[str, Any], tail_file: Path, head: bytes) -> None:
         from azaion_workloads.training.publish import AzaionApi
 
         settings = self.settings
@@ -346,33 +469,27 @@ class Pipeline:
         api = AzaionApi(settings.api_url, settings.api_email, settings.api_password.get_secret_value())
         api.upload(settings.api_folder, artifact["split"]["small"]["name"], head)
 
-    def promote(self, result: TrainingResult) -> None:
-        """Make this run's best model the current one, locally and in the store."""
+    def promote(self, trained: TrainingResult, published: PublishResult | None = None) -> PromoteResult:
+        """Make this run's best model the current one, locally and, once published, in the store."""
         self.progress.step("promote")
         current = self.settings.layout.current_model
-        if not current.exists() or sha256_file(current) != result.sha256:
-            atomic_copy(result.best, current)
-            log.info("promoted %s to %s", self.rel(result.best), self.rel(current))
-        publisher = getattr(self, "publisher", None)
-        if publisher is not None:
-            pointer = {
-                "manifest": publisher.uri(self.manifest_key),
-                "run": {"namespace": self.settings.resource_namespace, "name": self.settings.resource_name},
-            }
-            key = publisher.key("current.json")
-            existing = publisher.get_json(key) or {}
-            if {k: v for k, v in existing.items() if k != "promotedAt"} != pointer:
-                publisher.put_json(key, {**pointer, "promotedAt": rfc3339()})
-        self.report_artifacts(promoted=True)
+        if not current.exists() or sha256_file(current) != trained.sha256:
+            atomic_copy(trained.best, current)
+            log.info("promoted %s to %s", self.rel(trained.best), self.rel(current))
+        if published is None:
+            return PromoteResult(current)
+        publisher = self.publisher
+        pointer = {
+            "manifest": published.manifest_uri,
+            "run": {"namespace": self.settings.resource_namespace, "name": self.settings.resource_name},
+        }
+        key = publisher.key("current.json")
+        existing = publisher.get_json(key) or {}
+        if {k: v for k, v in existing.items() if k != "promotedAt"} != pointer:
+            publisher.put_json(key, {**pointer, "promotedAt": rfc3339()})
+        return PromoteResult(current, publisher.uri(key))
 
 
 def _uri(artifact: dict[str, Any]) -> str:
     """Where the S3 copy of a manifest artifact lives (its big part in split mode)."""
     return str(artifact["split"]["big"]["uri"] if "split" in artifact else artifact["uri"])
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from azaion_contract.models.trainingrun import Metrics
+from azaion_contract.models.trainingrun import Artifacts, Metrics
 from azaion_contract.timefmt import rfc3339
 from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, leftover_temp_files, sha256_file
 from azaion_workloads.status import build
@@ -41,10 +41,16 @@ _LOSS_KEYS = {"box_loss": "box_loss", "cls_loss": "cls_loss", "dfl_loss": "dfl_l
 
 @dataclass(frozen=True)
 class TrainingResult:
+    """The training step's result: the best weights, their hash, the best epoch and its metrics."""
+
     best: Path
     sha256: str
     best_epoch: int | None
     metrics: dict[str, float]
+
+    def artifacts(self, root: Path) -> Artifacts:
+        """The ``status.artifacts`` fields of this result (paths relative to the data root ``root``)."""
+        return build(Artifacts, model=str(self.best.relative_to(root)), model_sha256=self.sha256)
 
 
 def resolve_device(requested: str) -> str:
