@@ -33,22 +33,12 @@ from typing import Any
 
 from rstream import Consumer, ConsumerOffsetSpecification, OffsetType
 
+from azaion_devtools.broker import LocalRabbitMQ, StreamEndpoint, create_stream, delete_stream, publish
+from azaion_devtools.wire import Box, WireMessage, detections_json, encode_annotation, noisy_jpeg
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.queue.config import load_config
 from azaion_workloads.queue.consumer import StreamConsumer
 from azaion_workloads.queue.processor import MessageProcessor
-from tests.fixtures.rabbitmq import (
-    Box,
-    LocalRabbitMQ,
-    StreamEndpoint,
-    WireMessage,
-    create_stream,
-    delete_stream,
-    detections_json,
-    encode_annotation,
-    noisy_jpeg,
-    publish,
-)
 
 
 def messages(count: int, image_bytes: int) -> list[WireMessage]:

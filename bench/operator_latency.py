@@ -16,20 +16,14 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from kubernetes import client, config, watch
 
-from kubernetes import client, config, watch  # noqa: E402
-
-from tests.fixtures.kube import Cluster  # noqa: E402
-from tests.fixtures.operator import apply_crds, start_operator  # noqa: E402
-from tests.fixtures.resources import trainingrun  # noqa: E402
+from azaion_devtools.cluster import REPO, Cluster, apply_crds, start_operator, trainingrun
 
 GROUP, VERSION, PLURAL = "ai.azaion.com", "v1alpha1", "trainingruns"
 

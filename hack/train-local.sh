@@ -31,7 +31,7 @@ if [ -z "$(ls -A "$AZAION_ROOT_DIR/data/images" 2>/dev/null)" ]; then
   .venv/bin/python -c "
 import sys
 from pathlib import Path
-from azaion_workloads.training.synthetic import write_annotations
+from azaion_devtools.synthetic import write_annotations
 write_annotations(Path(sys.argv[1]) / 'data', 40, seed=1)
 " "$AZAION_ROOT_DIR"
 fi

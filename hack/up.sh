@@ -130,8 +130,8 @@ mode, namespace, tag, host, stream_port, s3_port = sys.argv[1:]
 placement = {"nodeSelector": {"azaion.local/real-node": "true"},
              "tolerations": [{"key": "azaion.local/real-node", "operator": "Exists", "effect": "NoSchedule"}]}
 restricted = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
-seed = ("from pathlib import Path\nfrom azaion_workloads.training.synthetic import write_annotations\n"
-        "if not any(Path('/azaion/data/images').glob('*')):\n    write_annotations(Path('/azaion/data'), 40, seed=1)\n")
+from azaion_devtools.synthetic import synthetic_script  # the generator is not in the image: its source goes along
+seed = synthetic_script("if not any(Path('/azaion/data/images').glob('*')):\n    write_annotations(Path('/azaion/data'), 40, seed=1)")
 items = [
     {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "azaion-data"},
      "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}},

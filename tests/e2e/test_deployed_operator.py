@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.fixtures.processes import wait_until
+from azaion_devtools.processes import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator", "data_claim")]
 

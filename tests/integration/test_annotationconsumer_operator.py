@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from tests.fixtures.processes import wait_until
+from azaion_devtools.processes import wait_until
 from tests.fixtures.resources import assert_rejected_naming, with_spec_changes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator", "data_claim")]
@@ -270,7 +270,7 @@ def test_a_name_too_long_to_label_its_pods_is_refused(api_client, namespace):
 
 
 def test_sample_applies_cleanly(cluster, namespace):
-    from tests.fixtures.kube import REPO
+    from azaion_devtools.cluster import REPO
 
     result = cluster.kubectl(
         "apply",

@@ -10,8 +10,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.fixtures.kube import Cluster, client_as_service_account
-from tests.fixtures.processes import wait_until
+from azaion_devtools.cluster import Cluster
+from azaion_devtools.processes import wait_until
+from tests.fixtures.kube import client_as_service_account
 
 pytestmark = pytest.mark.integration
 

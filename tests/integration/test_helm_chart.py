@@ -24,10 +24,10 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from azaion_devtools.cluster import REPO, Cluster, trainingrun
+from azaion_devtools.processes import ManagedProcess, free_port, wait_until
 from azaion_operator.annotationconsumer.builders import deployment_name, offset_claim_name
-from tests.fixtures.kube import REPO, Cluster, prebound_volume
-from tests.fixtures.processes import ManagedProcess, free_port, wait_until
-from tests.fixtures.resources import trainingrun
+from tests.fixtures.kube import prebound_volume
 
 pytestmark = pytest.mark.integration
 

@@ -13,22 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from azaion_devtools.broker import StreamEndpoint, consume_raw, publish, query_server_offset
+from azaion_devtools.processes import wait_until
+from azaion_devtools.wire import noisy_jpeg
 from azaion_workloads.fsutil import leftover_temp_files
-from tests.fixtures.processes import wait_until
-from tests.fixtures.rabbitmq import (
-    QueueProcess,
-    RabbitMQ,
+from tests.fixtures.queue_process import QueueProcess, queue_command
+from tests.fixtures.rabbitmq import RabbitMQ
+from tests.fixtures.scenarios import (
     Step,
-    StreamEndpoint,
     build_scenario,
-    consume_raw,
     expected_outcome,
     expected_tree,
-    noisy_jpeg,
-    publish,
     quarantine_records,
-    query_server_offset,
-    queue_command,
     read_tree,
 )
 
@@ -194,7 +190,7 @@ def test_a_full_disk_pauses_consuming_and_reports_not_ready(
 
 
 def test_an_unreachable_broker_is_retried_visibly(stream_name: str, workdir: Path) -> None:
-    from tests.fixtures.processes import free_port
+    from azaion_devtools.processes import free_port
 
     nowhere = StreamEndpoint("127.0.0.1", free_port())
     queue = QueueProcess(nowhere, stream_name, workdir / "root", workdir / "state", workdir / "c.log").start()

@@ -20,22 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from azaion_devtools.broker import consume_raw, create_stream, delete_stream, publish, query_server_offset
+from azaion_devtools.processes import wait_until
 from azaion_workloads.fsutil import leftover_temp_files
-from tests.fixtures.processes import wait_until
-from tests.fixtures.rabbitmq import (
-    Expected,
-    QueueProcess,
-    RabbitMQ,
-    Step,
-    build_scenario,
-    consume_raw,
-    create_stream,
-    delete_stream,
-    expected_outcome,
-    publish,
-    query_server_offset,
-    read_tree,
-)
+from tests.fixtures.queue_process import QueueProcess
+from tests.fixtures.rabbitmq import RabbitMQ
+from tests.fixtures.scenarios import Expected, Step, build_scenario, expected_outcome, read_tree
 
 pytestmark = pytest.mark.integration
 

@@ -10,17 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.processes import wait_until
-from tests.fixtures.rabbitmq import (
-    QueueProcess,
-    RabbitMQ,
-    build_scenario,
-    consume_raw,
-    expected_tree,
-    noisy_jpeg,
-    publish,
-    read_tree,
-)
+from azaion_devtools.broker import consume_raw, publish
+from azaion_devtools.processes import wait_until
+from azaion_devtools.wire import noisy_jpeg
+from tests.fixtures.queue_process import QueueProcess
+from tests.fixtures.rabbitmq import RabbitMQ
+from tests.fixtures.scenarios import build_scenario, expected_tree, read_tree
 
 pytestmark = pytest.mark.integration
 

@@ -11,26 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from azaion_workloads.fsutil import leftover_temp_files
-from azaion_workloads.queue.apply import copy_digest
-from tests.fixtures.rabbitmq import (
+from azaion_devtools.broker import consume_raw, publish
+from azaion_devtools.wire import (
     SPELLINGS,
     Box,
-    QueueProcess,
-    RabbitMQ,
-    Step,
     WireMessage,
-    consume_raw,
     detections_json,
     encode_annotation,
     encode_bulk,
-    expected_outcome,
-    publish,
-    quarantine_records,
-    read_tree,
     tiny_image,
     yolo_label,
 )
+from azaion_workloads.fsutil import leftover_temp_files
+from azaion_workloads.queue.apply import copy_digest
+from tests.fixtures.queue_process import QueueProcess
+from tests.fixtures.rabbitmq import RabbitMQ
+from tests.fixtures.scenarios import Step, expected_outcome, quarantine_records, read_tree
 
 pytestmark = pytest.mark.integration
 

@@ -8,15 +8,9 @@ import gzip
 import msgpack
 import pytest
 
-from tests.fixtures.rabbitmq import (
-    RabbitMQ,
-    WireMessage,
-    consume_raw,
-    encode_annotation,
-    encode_bulk,
-    publish,
-    tiny_image,
-)
+from azaion_devtools.broker import consume_raw, publish
+from azaion_devtools.wire import WireMessage, encode_annotation, encode_bulk, tiny_image
+from tests.fixtures.rabbitmq import RabbitMQ
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from azaion_workloads.training.synthetic import write_annotations
+from azaion_devtools.synthetic import write_annotations
 
 pytestmark = [pytest.mark.integration, pytest.mark.gpu]
 

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 import azaion_contract as contract
-from azaion_workloads.training.synthetic import write_annotations, write_bad_annotations
-from tests.fixtures.processes import ManagedProcess, wait_until
+from azaion_devtools.processes import ManagedProcess, wait_until
+from azaion_devtools.synthetic import write_annotations, write_bad_annotations
 from tests.fixtures.s3 import S3Server
 
 pytestmark = pytest.mark.integration

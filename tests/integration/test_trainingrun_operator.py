@@ -15,10 +15,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from azaion_devtools.cluster import start_operator, trainingrun
+from azaion_devtools.processes import wait_until
 from tests.fixtures.kube import client_as_service_account
-from tests.fixtures.operator import start_operator
-from tests.fixtures.processes import wait_until
-from tests.fixtures.resources import assert_rejected_naming, trainingrun, with_spec_changes
+from tests.fixtures.resources import assert_rejected_naming, with_spec_changes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator", "data_claim")]
 
@@ -405,7 +405,7 @@ def test_epochs_cannot_change_after_creation(api_client, namespace):
 
 
 def test_sample_applies_cleanly(cluster, namespace):
-    from tests.fixtures.kube import REPO
+    from azaion_devtools.cluster import REPO
 
     result = cluster.kubectl(
         "apply",

@@ -32,9 +32,9 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.kube import REPO, Cluster, local_cluster_env
-from tests.fixtures.processes import ManagedProcess, free_port, port_open, wait_until
-from tests.fixtures.rabbitmq import LocalRabbitMQ
+from azaion_devtools.broker import LocalRabbitMQ
+from azaion_devtools.cluster import REPO, Cluster, local_cluster_env
+from azaion_devtools.processes import ManagedProcess, free_port, port_open, wait_until
 from tests.fixtures.s3 import S3Server
 
 # Pods that must run containers select this label and tolerate its taint.

@@ -9,8 +9,9 @@ from typing import Any
 
 from kubernetes import client
 
-from tests.fixtures.kube import Cluster
-from tests.fixtures.processes import wait_until
+from azaion_devtools.cluster import Cluster
+from azaion_devtools.processes import wait_until
+from azaion_devtools.synthetic import synthetic_script
 from tests.pods.conftest import PLACEMENT, Images
 
 GROUP, VERSION = "ai.azaion.com", "v1alpha1"
@@ -67,12 +68,9 @@ def run_pod_to_completion(cluster: Cluster, namespace: str, name: str, spec: dic
 
 
 def seed_annotations(cluster: Cluster, namespace: str, images: Images, count: int = 40) -> None:
-    """Draw synthetic annotations onto the data volume, from a pod of the training image."""
-    script = (
-        "from pathlib import Path\n"
-        "from azaion_workloads.training.synthetic import write_annotations\n"
-        f"print(len(write_annotations(Path('/azaion/data'), {count}, seed=1)), 'annotations')\n"
-    )
+    """Draw synthetic annotations onto the data volume, from a pod of the training image (Pillow is there)."""
+    # The generator is not part of the image: its source (stdlib and Pillow only) travels in the command.
+    script = synthetic_script(f"print(len(write_annotations(Path('/azaion/data'), {count}, seed=1)), 'annotations')")
     log = run_pod_to_completion(
         cluster, namespace, "seed-annotations", restricted_pod_spec(images.ref("training"), ["python", "-c", script])
     )
@@ -145,7 +143,7 @@ def kill_container(cluster: Cluster, pod: client.V1Pod, container: str = TRAINER
     (status,) = [s for s in pod.status.container_statuses if s.name == container]
     container_id = status.container_id.split("://", 1)[1]
     if cluster.bin_dir is not None:
-        from tests.fixtures.kube import local_cluster_env
+        from azaion_devtools.cluster import local_cluster_env
 
         socket = local_cluster_env()["AZAION_CONTAINERD_SOCK"]
         argv = ["ctr", "-a", socket, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", container_id]

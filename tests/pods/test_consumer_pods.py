@@ -15,17 +15,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.fixtures.kube import Cluster
-from tests.fixtures.processes import wait_until
-from tests.fixtures.rabbitmq import (
-    LocalRabbitMQ,
-    Step,
-    build_scenario,
-    consume_raw,
-    create_stream,
-    expected_tree,
-    publish,
-)
+from azaion_devtools.broker import LocalRabbitMQ, consume_raw, create_stream, publish
+from azaion_devtools.cluster import Cluster
+from azaion_devtools.processes import wait_until
+from tests.fixtures.scenarios import Step, build_scenario, expected_tree
 from tests.pods.conftest import Images
 from tests.pods.pods import GROUP, VERSION, consumer_pods, custom, start_consumer
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from tests.fixtures.kube import Cluster
+from azaion_devtools.cluster import Cluster
 from tests.fixtures.s3 import S3Server
 from tests.pods.conftest import PLACEMENT, Images
 from tests.pods.pods import (

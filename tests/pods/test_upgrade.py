@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.fixtures.processes import wait_until
-from tests.fixtures.rabbitmq import LocalRabbitMQ, create_stream
+from azaion_devtools.broker import LocalRabbitMQ, create_stream
+from azaion_devtools.processes import wait_until
 from tests.pods.conftest import Images, Release
 from tests.pods.pods import (
     CONSUMER_LABEL,

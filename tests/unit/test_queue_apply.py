@@ -9,24 +9,26 @@ from pathlib import Path
 
 import pytest
 
+from azaion_devtools.wire import (
+    Box,
+    WireMessage,
+    detections_json,
+    encode_annotation,
+    encode_bulk,
+    tiny_image,
+    yolo_label,
+)
 from azaion_workloads.fsutil import leftover_temp_files
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.queue import apply as apply_module
 from azaion_workloads.queue.processor import MessageProcessor
-from tests.fixtures.rabbitmq import (
-    Box,
+from tests.fixtures.scenarios import (
     Step,
-    WireMessage,
     build_scenario,
-    detections_json,
-    encode_annotation,
-    encode_bulk,
     expected_outcome,
     expected_tree,
     quarantine_records,
     read_tree,
-    tiny_image,
-    yolo_label,
 )
 
 pytestmark = pytest.mark.unit

@@ -12,6 +12,7 @@ import pytest
 import requests
 import yaml
 
+from azaion_devtools.processes import free_port
 from azaion_workloads.fsutil import leftover_temp_files
 from azaion_workloads.queue.disk import DiskGuard, usage_percent
 from azaion_workloads.queue.health import HealthServer
@@ -21,7 +22,6 @@ from azaion_workloads.queue.offsets import CommitPolicy, OffsetFile, OffsetState
 from azaion_workloads.queue.quarantine import Quarantine
 from azaion_workloads.queue.state import ConsumerState
 from azaion_workloads.queue.wire import MalformedMessage
-from tests.fixtures.processes import free_port
 
 pytestmark = pytest.mark.unit
 

@@ -10,6 +10,15 @@ import msgpack
 import pytest
 from rstream import AMQPMessage
 
+from azaion_devtools.wire import (
+    SPELLINGS,
+    Box,
+    WireMessage,
+    detections_json,
+    encode_annotation,
+    encode_bulk,
+    tiny_image,
+)
 from azaion_workloads.classes import ClassCatalog
 from azaion_workloads.queue.wire import (
     DETECTION_KEYS,
@@ -24,16 +33,7 @@ from azaion_workloads.queue.wire import (
     fold_key,
     status_property,
 )
-from tests.fixtures.rabbitmq import (
-    SPELLINGS,
-    Box,
-    WireMessage,
-    detections_json,
-    encode_annotation,
-    encode_bulk,
-    malformed_steps,
-    tiny_image,
-)
+from tests.fixtures.scenarios import malformed_steps
 
 pytestmark = pytest.mark.unit
 

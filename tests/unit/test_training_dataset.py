@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from azaion_devtools.synthetic import BAD_KINDS, write_annotations, write_bad_annotations
 from azaion_workloads.classes import ClassCatalog
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.training import dataset as ds
 from azaion_workloads.training.errors import PermanentError
-from azaion_workloads.training.synthetic import BAD_KINDS, write_annotations, write_bad_annotations
 
 pytestmark = pytest.mark.unit
 

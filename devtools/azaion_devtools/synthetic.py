@@ -1,7 +1,10 @@
 """Synthetic annotations: small images with drawn boxes and their YOLO labels.
 
 For smoke tests of a deployment, the test suite and the benchmarks; the
-boxes are filled rectangles, so even a tiny model learns something.
+boxes are filled rectangles, so even a tiny model learns something. The
+module needs only the standard library and Pillow, so a pod of the training
+image can run it from its source (:func:`synthetic_script`) without the
+generator being part of the image.
 """
 
 from __future__ import annotations
@@ -98,3 +101,11 @@ def write_bad_annotations(data_dir: Path, size: int = 64) -> dict[str, str]:
             image.write_bytes(good_image)
         written[name] = kind
     return written
+
+
+def synthetic_script(then: str) -> str:
+    """Python source that defines this module's functions, then runs ``then`` (for ``python -c``)."""
+    import inspect
+    import sys
+
+    return inspect.getsource(sys.modules[__name__]) + "\n" + then + "\n"

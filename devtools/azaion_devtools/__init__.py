@@ -1,0 +1,1 @@
+"""Development tools shared by the tests, the benchmarks and hack/: never installed in an image."""
