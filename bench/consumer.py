@@ -33,21 +33,21 @@ from typing import Any
 
 from rstream import Consumer, ConsumerOffsetSpecification, OffsetType
 
+from azaion_devtools import wire
 from azaion_devtools.broker import LocalRabbitMQ, StreamEndpoint, create_stream, delete_stream, publish
-from azaion_devtools.wire import Box, WireMessage, detections_json, encode_annotation, noisy_jpeg
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.queue.config import load_config
 from azaion_workloads.queue.consumer import StreamConsumer
 from azaion_workloads.queue.processor import MessageProcessor
 
 
-def messages(count: int, image_bytes: int) -> list[WireMessage]:
+def messages(count: int, image_bytes: int) -> list[wire.WireMessage]:
     """Created annotations with distinct names; a pool of 64 images keeps setup short."""
-    pool = [noisy_jpeg(seed, image_bytes) for seed in range(64)]
-    boxes = detections_json([Box(1, 0.5, 0.5, 0.2, 0.2), Box(22, 0.3, 0.7, 0.1, 0.05)])
+    pool = [wire.noisy_jpeg(seed, image_bytes) for seed in range(64)]
+    boxes = wire.detections_json([wire.Box(1, 0.5, 0.5, 0.2, 0.2), wire.Box(22, 0.3, 0.7, 0.1, 0.05)])
     return [
-        WireMessage(
-            encode_annotation(str(uuid.UUID(int=index)), pool[index % len(pool)], boxes, role="Validator"),
+        wire.WireMessage(
+            wire.encode_annotation(str(uuid.UUID(int=index)), pool[index % len(pool)], boxes, role="Validator"),
             "Created",
         )
         for index in range(count)

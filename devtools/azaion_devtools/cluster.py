@@ -124,16 +124,25 @@ def start_operator(cluster: Cluster, log_dir: Path, interval: float = 1.0) -> tu
 GROUP, VERSION = "ai.azaion.com", "v1alpha1"
 
 
+def custom_resource(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
 def trainingrun(name: str, **spec: Any) -> dict[str, Any]:
     """A small TrainingRun on the ``azaion-data`` claim; ``spec`` keys override the defaults."""
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingRun",
-        "metadata": {"name": name},
-        "spec": {
-            "model": "yolo26n.yaml",
-            "storage": {"claimName": "azaion-data"},
-            "training": {"epochs": 3, "imgsz": 64},
-            **spec,
-        },
+    defaults = {
+        "model": "yolo26n.yaml",
+        "storage": {"claimName": "azaion-data"},
+        "training": {"epochs": 3, "imgsz": 64},
     }
+    return custom_resource("TrainingRun", name, {**defaults, **spec})
+
+
+def annotationconsumer(name: str, **spec: Any) -> dict[str, Any]:
+    """An AnnotationConsumer on the ``azaion-data`` claim, credentials from the ``rabbitmq`` Secret."""
+    defaults = {
+        "image": "registry.local/azaion/annotation-queue:1.0.0",
+        "rabbitmq": {"host": "rabbitmq.azaion.svc", "credentialsSecretRef": {"name": "rabbitmq"}},
+        "dataVolume": {"claimName": "azaion-data"},
+    }
+    return custom_resource("AnnotationConsumer", name, {**defaults, **spec})

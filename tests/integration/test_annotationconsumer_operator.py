@@ -11,6 +11,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from azaion_devtools.cluster import annotationconsumer
 from azaion_devtools.processes import wait_until
 from tests.fixtures.resources import assert_rejected_naming, with_spec_changes
 
@@ -18,20 +19,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator", "data
 
 GROUP, VERSION, PLURAL = "ai.azaion.com", "v1alpha1", "annotationconsumers"
 SECRET_VALUES = {"username": "azaion_receiver", "password": "never-in-a-spec-0xC0FFEE"}
-
-
-def consumer_body(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "AnnotationConsumer",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "registry.local/azaion/annotation-queue:1.0.0",
-            "rabbitmq": {"host": "rabbitmq.azaion.svc", "credentialsSecretRef": {"name": "rabbitmq"}},
-            "dataVolume": {"claimName": "azaion-data"},
-            **spec,
-        },
-    }
 
 
 @pytest.fixture
@@ -80,7 +67,7 @@ def report(api_client, namespace: str, name: str, **fields: Any) -> None:
 
 
 def test_apply_creates_offset_claim_and_deployment_then_runs(api_client, namespace, rabbitmq_secret):
-    create(api_client, namespace, consumer_body("main"))
+    create(api_client, namespace, annotationconsumer("main"))
     core = client.CoreV1Api(api_client)
     wait_until(lambda: deployment(api_client, namespace, "main") is not None, 15, "the consumer Deployment")
     wait_until(
@@ -112,7 +99,7 @@ def test_apply_creates_offset_claim_and_deployment_then_runs(api_client, namespa
 
 def test_image_change_rolls_the_deployment_never_two_pods(api_client, namespace, rabbitmq_secret):
     core = client.CoreV1Api(api_client)
-    create(api_client, namespace, consumer_body("roll"))
+    create(api_client, namespace, annotationconsumer("roll"))
     wait_until(lambda: status_of(api_client, namespace, "roll").get("phase") == "Running", 60, "phase Running")
 
     alive: set[str] = set()
@@ -155,7 +142,7 @@ def test_image_change_rolls_the_deployment_never_two_pods(api_client, namespace,
 
 def test_delete_keeps_the_offset_claim_and_recreate_reuses_it(api_client, namespace, rabbitmq_secret):
     core = client.CoreV1Api(api_client)
-    create(api_client, namespace, consumer_body("keeper"))
+    create(api_client, namespace, annotationconsumer("keeper"))
     wait_until(
         lambda: core.read_namespaced_persistent_volume_claim("keeper-offset", namespace).status.phase == "Bound",
         30,
@@ -166,7 +153,7 @@ def test_delete_keeps_the_offset_claim_and_recreate_reuses_it(api_client, namesp
     wait_until(lambda: deployment(api_client, namespace, "keeper") is None, 30, "the Deployment to be deleted")
     assert core.read_namespaced_persistent_volume_claim("keeper-offset", namespace).metadata.uid == claim_uid
 
-    create(api_client, namespace, consumer_body("keeper"))
+    create(api_client, namespace, annotationconsumer("keeper"))
     wait_until(lambda: deployment(api_client, namespace, "keeper") is not None, 15, "the new Deployment")
     claim = core.read_namespaced_persistent_volume_claim("keeper-offset", namespace)
     assert claim.metadata.uid == claim_uid
@@ -175,7 +162,7 @@ def test_delete_keeps_the_offset_claim_and_recreate_reuses_it(api_client, namesp
 
 def test_delete_policy_delete_removes_the_offset_claim(api_client, namespace, rabbitmq_secret):
     core = client.CoreV1Api(api_client)
-    create(api_client, namespace, consumer_body("ephemeral", offsetVolume={"deletePolicy": "Delete"}))
+    create(api_client, namespace, annotationconsumer("ephemeral", offsetVolume={"deletePolicy": "Delete"}))
     wait_until(
         lambda: (
             core.list_namespaced_persistent_volume_claim(
@@ -197,7 +184,7 @@ def test_delete_policy_delete_removes_the_offset_claim(api_client, namespace, ra
 
 
 def test_stalled_appears_when_the_offset_stops_and_clears_when_it_moves(api_client, namespace, rabbitmq_secret):
-    create(api_client, namespace, consumer_body("watched", stallAfter="3s"))
+    create(api_client, namespace, annotationconsumer("watched", stallAfter="3s"))
     wait_until(lambda: status_of(api_client, namespace, "watched").get("phase") == "Running", 60, "phase Running")
     report(api_client, namespace, "watched", offset=10, messagesWaiting=5, connected=True)
 
@@ -223,7 +210,7 @@ def test_stalled_appears_when_the_offset_stops_and_clears_when_it_moves(api_clie
 
 
 def test_disk_pressure_follows_the_consumer_report(api_client, namespace, rabbitmq_secret):
-    create(api_client, namespace, consumer_body("full"))
+    create(api_client, namespace, annotationconsumer("full"))
     wait_until(lambda: status_of(api_client, namespace, "full").get("phase") == "Running", 60, "phase Running")
     report(api_client, namespace, "full", diskUsagePercent=96.5)
     wait_until(
@@ -260,25 +247,10 @@ INVALID = [
 
 @pytest.mark.parametrize(("case", "change", "field"), INVALID, ids=[c[0] for c in INVALID])
 def test_invalid_spec_is_rejected_naming_the_field(api_client, namespace, case, change, field):
-    body = with_spec_changes(consumer_body("invalid"), change)
+    body = with_spec_changes(annotationconsumer("invalid"), change)
     assert_rejected_naming(lambda: create(api_client, namespace, body), field)
 
 
 def test_a_name_too_long_to_label_its_pods_is_refused(api_client, namespace):
-    assert_rejected_naming(lambda: create(api_client, namespace, consumer_body("c" * 64)), "metadata.name")
+    assert_rejected_naming(lambda: create(api_client, namespace, annotationconsumer("c" * 64)), "metadata.name")
     assert not custom(api_client).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-
-
-def test_sample_applies_cleanly(cluster, namespace):
-    from azaion_devtools.cluster import REPO
-
-    result = cluster.kubectl(
-        "apply",
-        "--dry-run=server",
-        "--validate=strict",
-        "-n",
-        namespace,
-        "-f",
-        str(REPO / "samples" / "annotationconsumer.yaml"),
-    )
-    assert "created (server dry run)" in result.stdout

@@ -17,16 +17,9 @@ from azaion_devtools.broker import StreamEndpoint, consume_raw, publish, query_s
 from azaion_devtools.processes import wait_until
 from azaion_devtools.wire import noisy_jpeg
 from azaion_workloads.fsutil import leftover_temp_files
+from tests.fixtures import scenarios
 from tests.fixtures.queue_process import QueueProcess, queue_command
 from tests.fixtures.rabbitmq import RabbitMQ
-from tests.fixtures.scenarios import (
-    Step,
-    build_scenario,
-    expected_outcome,
-    expected_tree,
-    quarantine_records,
-    read_tree,
-)
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +29,7 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
-def publish_steps(endpoint: StreamEndpoint, stream: str, steps: list[Step]) -> list[int]:
+def publish_steps(endpoint: StreamEndpoint, stream: str, steps: list[scenarios.Step]) -> list[int]:
     """Publish and return each message's stream offset (offsets are not a count)."""
     asyncio.run(publish(endpoint, stream, [step.wire for step in steps]))
     received = asyncio.run(consume_raw(endpoint, stream, len(steps)))
@@ -55,7 +48,7 @@ def consumer(rabbitmq: RabbitMQ, stream: str, workdir: Path, **settings: str) ->
 
 
 def test_a_mixed_sequence_leaves_exactly_the_expected_tree(rabbitmq: RabbitMQ, stream_name: str, workdir: Path) -> None:
-    steps = build_scenario(seed=5, count=240, malformed_every=12)
+    steps = scenarios.build_scenario(seed=5, count=240, malformed_every=12)
     assert {s.reason for s in steps if s.op == "malformed"} >= {"amqp", "status", "msgpack", "name", "gzip"}
     assert {s.op for s in steps} == {"created", "edited", "validated", "deleted", "malformed"}
     assert any(s.validator for s in steps if s.op == "created") and any(
@@ -67,9 +60,9 @@ def test_a_mixed_sequence_leaves_exactly_the_expected_tree(rabbitmq: RabbitMQ, s
         queue.wait_ready()
         queue.wait_for_offset(offsets[-1])
 
-        expected = expected_outcome(steps, offsets)
-        assert read_tree(workdir / "root") == expected.tree
-        records = quarantine_records(workdir / "root")
+        expected = scenarios.expected_outcome(steps, offsets)
+        assert scenarios.read_tree(workdir / "root") == expected.tree
+        records = scenarios.quarantine_records(workdir / "root")
         expected_reasons = expected.quarantined
         assert {offset: record["kind"] for offset, record in records.items()} == expected_reasons
         assert all(record["reason"] and record["stream"] == stream_name for record in records.values())
@@ -110,7 +103,7 @@ def test_a_mixed_sequence_leaves_exactly_the_expected_tree(rabbitmq: RabbitMQ, s
 def test_sigterm_finishes_the_message_in_hand_and_stores_its_offset(
     rabbitmq: RabbitMQ, stream_name: str, workdir: Path
 ) -> None:
-    steps = build_scenario(seed=8, count=400, malformed_every=0, image_factory=noisy_jpeg)
+    steps = scenarios.build_scenario(seed=8, count=400, malformed_every=0, image_factory=noisy_jpeg)
     offsets = publish_steps(rabbitmq.endpoint, stream_name, steps)
     # A large batch size: only the shutdown itself can store the offset mid-way.
     queue = consumer(
@@ -132,7 +125,7 @@ def test_sigterm_finishes_the_message_in_hand_and_stores_its_offset(
     assert stored is not None and 20 <= stored < offsets[-1], "stop came too late to test anything"
     done = offsets.index(stored) + 1
     # Exactly the messages up to the stored offset were applied, nothing after it.
-    assert read_tree(workdir / "root") == expected_tree(steps[:done], offsets[:done])
+    assert scenarios.read_tree(workdir / "root") == scenarios.expected_tree(steps[:done], offsets[:done])
     assert leftover_temp_files(workdir) == []
 
     queue.start()
@@ -140,14 +133,14 @@ def test_sigterm_finishes_the_message_in_hand_and_stores_its_offset(
     wait_until(lambda: queue.get("/readyz")[1].get("offset") == offsets[-1], 120, "the rest")  # type: ignore[union-attr]
     assert queue.terminate() == 0
     assert queue.stored_offset() == offsets[-1]
-    assert read_tree(workdir / "root") == expected_tree(steps, offsets)
+    assert scenarios.read_tree(workdir / "root") == scenarios.expected_tree(steps, offsets)
     assert queue.stored()["messagesProcessed"] == len(steps)  # type: ignore[index]
 
 
 def test_without_an_offset_file_it_resumes_from_the_server_offset(
     rabbitmq: RabbitMQ, stream_name: str, workdir: Path
 ) -> None:
-    first = build_scenario(seed=21, count=30, malformed_every=0)
+    first = scenarios.build_scenario(seed=21, count=30, malformed_every=0)
     offsets = publish_steps(rabbitmq.endpoint, stream_name, first)
     queue = consumer(rabbitmq, stream_name, workdir, QUEUE_CONSUMER_NAME="resume").start()
     queue.wait_for_offset(offsets[-1])
@@ -155,7 +148,7 @@ def test_without_an_offset_file_it_resumes_from_the_server_offset(
     assert asyncio.run(query_server_offset(rabbitmq.endpoint, stream_name, "resume")) == offsets[-1]
 
     shutil.rmtree(workdir / "state")  # the offset volume was lost
-    second = build_scenario(seed=22, count=10, malformed_every=0)
+    second = scenarios.build_scenario(seed=22, count=10, malformed_every=0)
     asyncio.run(publish(rabbitmq.endpoint, stream_name, [step.wire for step in second]))
     queue.start()
     queue.wait_ready()
@@ -169,7 +162,7 @@ def test_without_an_offset_file_it_resumes_from_the_server_offset(
 def test_a_full_disk_pauses_consuming_and_reports_not_ready(
     rabbitmq: RabbitMQ, stream_name: str, workdir: Path
 ) -> None:
-    steps = build_scenario(seed=31, count=5, malformed_every=0)
+    steps = scenarios.build_scenario(seed=31, count=5, malformed_every=0)
     publish_steps(rabbitmq.endpoint, stream_name, steps)
     queue = consumer(
         rabbitmq,
@@ -183,7 +176,7 @@ def test_a_full_disk_pauses_consuming_and_reports_not_ready(
         wait_until(lambda: "paused" in str(queue.get("/readyz")[1]), 20, "the disk guard")
         assert queue.get("/healthz")[0] == 200  # paused is not dead: no restart wanted
         assert "azaion_queue_paused_disk_full 1.0" in str(queue.get("/metrics")[1])
-        assert read_tree(workdir / "root") == {}
+        assert scenarios.read_tree(workdir / "root") == {}
         assert queue.stored_offset() is None
     finally:
         assert queue.terminate() == 0, queue.log_tail()

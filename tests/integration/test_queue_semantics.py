@@ -11,17 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from azaion_devtools import wire
 from azaion_devtools.broker import consume_raw, publish
-from azaion_devtools.wire import (
-    SPELLINGS,
-    Box,
-    WireMessage,
-    detections_json,
-    encode_annotation,
-    encode_bulk,
-    tiny_image,
-    yolo_label,
-)
 from azaion_workloads.fsutil import leftover_temp_files
 from azaion_workloads.queue.apply import copy_digest
 from tests.fixtures.queue_process import QueueProcess
@@ -30,8 +21,8 @@ from tests.fixtures.scenarios import Step, expected_outcome, quarantine_records,
 
 pytestmark = pytest.mark.integration
 
-BOX = Box(5, 0.25, 0.75, 0.5, 0.125)
-TINY = Box(7, 0.123456789012345, 0.5, 4e-7, 0.30000001192092896, 0.87)
+BOX = wire.Box(5, 0.25, 0.75, 0.5, 0.125)
+TINY = wire.Box(7, 0.123456789012345, 0.5, 4e-7, 0.30000001192092896, 0.87)
 
 
 def annotation(
@@ -39,18 +30,18 @@ def annotation(
     name: str,
     image: bytes | None,
     role: str,
-    boxes: tuple[Box, ...] = (BOX,),
+    boxes: tuple[wire.Box, ...] = (BOX,),
     spelling: str = "pascal",
 ) -> Step:
-    detections = detections_json(boxes, spelling=spelling)
-    body = encode_annotation(name, image or b"", detections, role=role, status=status)
+    detections = wire.detections_json(boxes, spelling=spelling)
+    body = wire.encode_annotation(name, image or b"", detections, role=role, status=status)
     return Step(
-        WireMessage(body, status),
+        wire.WireMessage(body, status),
         status.lower(),
         name=name,
         validator=role != "Operator",
         image=image,
-        label=yolo_label(boxes),
+        label=wire.yolo_label(boxes),
     )
 
 
@@ -63,13 +54,13 @@ def edited(name: str, role: str = "Validator", image: bytes | None = None) -> St
 
 
 def deleted(*names: str) -> Step:
-    return Step(WireMessage(encode_bulk(names), "Deleted"), "deleted", names=names)
+    return Step(wire.WireMessage(wire.encode_bulk(names), "Deleted"), "deleted", names=names)
 
 
 def test_the_open_cases_apply_as_documented_and_a_full_replay_converges(
     rabbitmq: RabbitMQ, stream_name: str, tmp_path: Path
 ) -> None:
-    first, second, third, revived = (tiny_image(seed) for seed in (20, 120, 220, 60))
+    first, second, third, revived = (wire.tiny_image(seed) for seed in (20, 120, 220, 60))
     steps = [
         edited("ghost"),  # 0: never created: quarantined, no lone label
         created("z", first),  # 1
@@ -82,7 +73,7 @@ def test_the_open_cases_apply_as_documented_and_a_full_replay_converges(
         created("precise", third, role="Validator", boxes=(TINY,)),  # 8
         *(
             created(f"spelled-{spelling}", third, boxes=(BOX, TINY), spelling=spelling)  # 9..14
-            for spelling in sorted(SPELLINGS)
+            for spelling in sorted(wire.SPELLINGS)
         ),
     ]
     asyncio.run(publish(rabbitmq.endpoint, stream_name, [step.wire for step in steps]))
@@ -116,7 +107,7 @@ def test_the_open_cases_apply_as_documented_and_a_full_replay_converges(
     assert records[offsets[5]]["reason"].startswith("edit-of-deleted: ")
 
     # Every deleted copy of z is kept: the first under its own name, the later ones under name~digest.
-    label = yolo_label([BOX])
+    label = wire.yolo_label([BOX])
     copies = {
         "z": first,
         f"z~{copy_digest({'images/.jpg': second, 'labels/.txt': label})[:16]}": second,
@@ -131,8 +122,8 @@ def test_the_open_cases_apply_as_documented_and_a_full_replay_converges(
     # Labels hold the message's numbers exactly (a 6-decimal label would make TINY zero-wide).
     assert tree["data/labels/precise.txt"] == b"7 0.123456789012345 0.5 4e-07 0.30000001192092896\n"
     # Every key spelling was applied, none quarantined (the records above are the only two).
-    for spelling in SPELLINGS:
-        assert tree[f"data-seed/labels/spelled-{spelling}.txt"] == yolo_label([BOX, TINY]), spelling
+    for spelling in wire.SPELLINGS:
+        assert tree[f"data-seed/labels/spelled-{spelling}.txt"] == wire.yolo_label([BOX, TINY]), spelling
 
     # The whole stream again, from its first message, over its own result: the same tree.
     shutil.rmtree(tmp_path / "state")

@@ -142,6 +142,12 @@ def _dataset(root: Path, good: int = GOOD) -> dict[str, str]:
     return write_bad_annotations(root / "data", size=IMGSZ)
 
 
+def decrypt_cli(encrypted: Path, output: Path, key_file: Path) -> subprocess.CompletedProcess[str]:
+    """``azaion-train decrypt``, as a user runs it."""
+    command = [sys.executable, "-m", "azaion_workloads.training.cli", "decrypt", str(encrypted), str(output)]
+    return subprocess.run([*command, "--key-file", str(key_file)], capture_output=True, text=True, timeout=120)
+
+
 def test_full_run_publishes_an_encrypted_onnx(tmp_path: Path, s3_server: S3Server) -> None:
     bucket = s3_server.new_bucket()
     key = os.urandom(32)
@@ -194,21 +200,7 @@ def test_full_run_publishes_an_encrypted_onnx(tmp_path: Path, s3_server: S3Serve
     # Decrypt what was published, with the CLI, and run it in onnxruntime.
     (tmp_path / "published.enc").write_bytes(blob)
     decrypted = tmp_path / "model.onnx"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "azaion_workloads.training.cli",
-            "decrypt",
-            str(tmp_path / "published.enc"),
-            str(decrypted),
-            "--key-file",
-            str(tmp_path / "key"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = decrypt_cli(tmp_path / "published.enc", decrypted, tmp_path / "key")
     assert result.returncode == 0, result.stderr
     assert _sha256(decrypted.read_bytes()) == artifacts["onnxSha256"] == artifact["plainSha256"]
     import onnxruntime as ort
@@ -231,21 +223,7 @@ def test_full_run_publishes_an_encrypted_onnx(tmp_path: Path, s3_server: S3Serve
 
     # Wrong key: a clear error, no output file.
     (tmp_path / "wrong").write_bytes(os.urandom(32))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "azaion_workloads.training.cli",
-            "decrypt",
-            str(tmp_path / "published.enc"),
-            str(tmp_path / "nope.onnx"),
-            "--key-file",
-            str(tmp_path / "wrong"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = decrypt_cli(tmp_path / "published.enc", tmp_path / "nope.onnx", tmp_path / "wrong")
     assert result.returncode == contract.EXIT_PERMANENT
     assert "wrong key" in result.stderr
     assert not (tmp_path / "nope.onnx").exists()

@@ -404,21 +404,6 @@ def test_epochs_cannot_change_after_creation(api_client, namespace):
     assert get_run(api_client, namespace, "fixed")["spec"]["training"]["epochs"] == 3
 
 
-def test_sample_applies_cleanly(cluster, namespace):
-    from azaion_devtools.cluster import REPO
-
-    result = cluster.kubectl(
-        "apply",
-        "--dry-run=server",
-        "--validate=strict",
-        "-n",
-        namespace,
-        "-f",
-        str(REPO / "samples" / "trainingrun.yaml"),
-    )
-    assert "created (server dry run)" in result.stdout
-
-
 def test_ttl_after_finished_removes_jobs_but_keeps_the_run(api_client, namespace):
     create_run(api_client, namespace, run_body("short-lived", resources={"gpus": 0}, ttlSecondsAfterFinished=1))
     status = wait_phase(api_client, namespace, "short-lived", "Succeeded")

@@ -9,27 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from azaion_devtools.wire import (
-    Box,
-    WireMessage,
-    detections_json,
-    encode_annotation,
-    encode_bulk,
-    tiny_image,
-    yolo_label,
-)
+from azaion_devtools import wire
 from azaion_workloads.fsutil import leftover_temp_files
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.queue import apply as apply_module
 from azaion_workloads.queue.processor import MessageProcessor
-from tests.fixtures.scenarios import (
-    Step,
-    build_scenario,
-    expected_outcome,
-    expected_tree,
-    quarantine_records,
-    read_tree,
-)
+from tests.fixtures import scenarios
 
 pytestmark = pytest.mark.unit
 
@@ -42,7 +27,7 @@ def processor(root: Path) -> MessageProcessor:
 
 def run(
     proc: MessageProcessor,
-    steps: Sequence[Step],
+    steps: Sequence[scenarios.Step],
     start: int = 0,
     stop: int | None = None,
     barriers: list[int] | None = None,
@@ -53,25 +38,27 @@ def run(
         proc.process(steps[index].wire.stored_bytes(), index, STORED_AT_MS, barrier)
 
 
-def annotation(name: str, role: str, status: str = "Created", image: bytes | None = None) -> WireMessage:
-    boxes = [Box(3, 0.5, 0.5, 0.25, 0.125)]
-    body = encode_annotation(name, b"" if image is None else image, detections_json(boxes), role=role, status=status)
-    return WireMessage(body, status)
+def annotation(name: str, role: str, status: str = "Created", image: bytes | None = None) -> wire.WireMessage:
+    boxes = [wire.Box(3, 0.5, 0.5, 0.25, 0.125)]
+    body = wire.encode_annotation(
+        name, b"" if image is None else image, wire.detections_json(boxes), role=role, status=status
+    )
+    return wire.WireMessage(body, status)
 
 
-def apply_all(root: Path, messages: Sequence[WireMessage]) -> dict[str, bytes]:
+def apply_all(root: Path, messages: Sequence[wire.WireMessage]) -> dict[str, bytes]:
     proc = processor(root)
     for offset, message in enumerate(messages):
         outcome = proc.process(message.stored_bytes(), offset, STORED_AT_MS)
         assert outcome.result == "applied", outcome
-    return read_tree(root)
+    return scenarios.read_tree(root)
 
 
-LABEL = yolo_label([Box(3, 0.5, 0.5, 0.25, 0.125)])
+LABEL = wire.yolo_label([wire.Box(3, 0.5, 0.5, 0.25, 0.125)])
 
 
 def test_creator_role_picks_the_directory(tmp_path: Path) -> None:
-    image = tiny_image(1)
+    image = wire.tiny_image(1)
     tree = apply_all(
         tmp_path,
         [
@@ -98,14 +85,14 @@ def test_creator_role_picks_the_directory(tmp_path: Path) -> None:
 
 
 def test_validation_moves_seed_to_data_and_deletion_keeps_the_files(tmp_path: Path) -> None:
-    image = tiny_image(2)
+    image = wire.tiny_image(2)
     tree = apply_all(
         tmp_path,
         [
             annotation("a", "Operator", image=image),
             annotation("b", "Operator", image=image),
-            WireMessage(encode_bulk(["a", "b"]), "Validated"),
-            WireMessage(encode_bulk(["b"]), "Deleted"),
+            wire.WireMessage(wire.encode_bulk(["a", "b"]), "Validated"),
+            wire.WireMessage(wire.encode_bulk(["b"]), "Deleted"),
         ],
     )
     assert tree == {
@@ -117,9 +104,11 @@ def test_validation_moves_seed_to_data_and_deletion_keeps_the_files(tmp_path: Pa
 
 
 def test_an_edit_by_a_validator_brings_the_image_from_seed(tmp_path: Path) -> None:
-    image = tiny_image(3)
-    edited = WireMessage(
-        encode_annotation("a", b"", detections_json([Box(40, 0.1, 0.2, 0.3, 0.4)]), role="Validator", status="Edited"),
+    image = wire.tiny_image(3)
+    edited = wire.WireMessage(
+        wire.encode_annotation(
+            "a", b"", wire.detections_json([wire.Box(40, 0.1, 0.2, 0.3, 0.4)]), role="Validator", status="Edited"
+        ),
         "Edited",
     )
     tree = apply_all(tmp_path, [annotation("a", "Operator", image=image), edited])
@@ -130,16 +119,16 @@ def test_an_edit_by_a_validator_brings_the_image_from_seed(tmp_path: Path) -> No
 
 
 def test_moves_of_missing_files_are_no_ops(tmp_path: Path) -> None:
-    image = tiny_image(4)
+    image = wire.tiny_image(4)
     tree = apply_all(
         tmp_path,
         [
-            WireMessage(encode_bulk(["never-seen"]), "Validated"),
-            WireMessage(encode_bulk(["never-seen"]), "Deleted"),
+            wire.WireMessage(wire.encode_bulk(["never-seen"]), "Validated"),
+            wire.WireMessage(wire.encode_bulk(["never-seen"]), "Deleted"),
             annotation("a", "Validator", image=image),
-            WireMessage(encode_bulk(["a"]), "Validated"),  # already in data
-            WireMessage(encode_bulk(["a"]), "Deleted"),
-            WireMessage(encode_bulk(["a"]), "Deleted"),  # already deleted
+            wire.WireMessage(wire.encode_bulk(["a"]), "Validated"),  # already in data
+            wire.WireMessage(wire.encode_bulk(["a"]), "Deleted"),
+            wire.WireMessage(wire.encode_bulk(["a"]), "Deleted"),  # already deleted
         ],
     )
     assert tree == {"data_deleted/images/a.jpg": image, "data_deleted/labels/a.txt": LABEL}
@@ -147,22 +136,22 @@ def test_moves_of_missing_files_are_no_ops(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_a_mixed_scenario_leaves_the_expected_tree(tmp_path: Path, seed: int) -> None:
-    steps = build_scenario(seed, 300)
+    steps = scenarios.build_scenario(seed, 300)
     run(processor(tmp_path), steps)
-    expected = expected_outcome(steps)
-    assert read_tree(tmp_path) == expected.tree
-    records = quarantine_records(tmp_path)
+    expected = scenarios.expected_outcome(steps)
+    assert scenarios.read_tree(tmp_path) == expected.tree
+    records = scenarios.quarantine_records(tmp_path)
     assert {offset: record["kind"] for offset, record in records.items()} == expected.quarantined
     assert leftover_temp_files(tmp_path) == []
 
 
 def test_applying_every_message_twice_changes_nothing(tmp_path: Path) -> None:
-    steps = build_scenario(11, 200)
+    steps = scenarios.build_scenario(11, 200)
     proc = processor(tmp_path)
     for index, step in enumerate(steps):
         proc.process(step.wire.stored_bytes(), index, STORED_AT_MS)
         proc.process(step.wire.stored_bytes(), index, STORED_AT_MS)
-    assert read_tree(tmp_path) == expected_tree(steps)
+    assert scenarios.read_tree(tmp_path) == scenarios.expected_tree(steps)
 
 
 class SimulatedCrash(BaseException):
@@ -194,7 +183,7 @@ def test_replaying_from_any_stored_offset_after_a_crash_converges(
     """Crash inside message m (after some of its disk operations), then replay from any k <= m
     the consumer could have stored: never before a message that stored the offset first."""
     rng = random.Random(seed)
-    steps = build_scenario(1000 + seed, 120, malformed_every=9)
+    steps = scenarios.build_scenario(1000 + seed, 120, malformed_every=9)
     crashed_at = rng.randrange(len(steps))
     barriers: list[int] = []
     run(processor(tmp_path), steps, 0, crashed_at, barriers)
@@ -204,19 +193,19 @@ def test_replaying_from_any_stored_offset_after_a_crash_converges(
             run(processor(tmp_path), steps, crashed_at, crashed_at + 1, barriers)
     earliest = max([0, crashed_at - 60, *barriers])
     run(processor(tmp_path), steps, rng.randint(earliest, crashed_at))
-    assert read_tree(tmp_path) == expected_tree(steps)
+    assert scenarios.read_tree(tmp_path) == scenarios.expected_tree(steps)
     assert leftover_temp_files(tmp_path) == []
 
 
 def test_directory_fsyncs_wait_for_the_commit_and_happen_once_each(tmp_path: Path) -> None:
     proc = processor(tmp_path)
-    image = tiny_image(5)
+    image = wire.tiny_image(5)
     for offset, message in enumerate(
         [
             annotation("a", "Operator", image=image),
             annotation("b", "Operator", image=image),
-            WireMessage(encode_bulk(["a"]), "Validated"),
-            WireMessage(b"\xc1", "Created"),
+            wire.WireMessage(wire.encode_bulk(["a"]), "Validated"),
+            wire.WireMessage(b"\xc1", "Created"),
         ]
     ):
         proc.process(message.stored_bytes(), offset, STORED_AT_MS)
@@ -226,11 +215,15 @@ def test_directory_fsyncs_wait_for_the_commit_and_happen_once_each(tmp_path: Pat
     assert len(proc.pending) == 0 and proc.sync() == 0
 
 
-def edit(name: str, role: str = "Validator", boxes: Sequence[Box] = (Box(5, 0.25, 0.25, 0.5, 0.5),)) -> WireMessage:
-    return WireMessage(encode_annotation(name, b"", detections_json(boxes), role=role, status="Edited"), "Edited")
+def edit(
+    name: str, role: str = "Validator", boxes: Sequence[wire.Box] = (wire.Box(5, 0.25, 0.25, 0.5, 0.5),)
+) -> wire.WireMessage:
+    return wire.WireMessage(
+        wire.encode_annotation(name, b"", wire.detections_json(boxes), role=role, status="Edited"), "Edited"
+    )
 
 
-def apply_each(root: Path, messages: Sequence[WireMessage]) -> list[str]:
+def apply_each(root: Path, messages: Sequence[wire.WireMessage]) -> list[str]:
     proc = processor(root)
     outcomes = [proc.process(message.stored_bytes(), offset, STORED_AT_MS) for offset, message in enumerate(messages)]
     return [outcome.result for outcome in outcomes]
@@ -238,22 +231,22 @@ def apply_each(root: Path, messages: Sequence[WireMessage]) -> list[str]:
 
 def test_an_edit_without_image_of_a_name_never_created_is_quarantined_and_writes_nothing(tmp_path: Path) -> None:
     assert apply_each(tmp_path, [edit("ghost")]) == ["quarantined"]
-    tree = read_tree(tmp_path)
+    tree = scenarios.read_tree(tmp_path)
     assert [path for path in tree if not path.startswith("quarantine/")] == []
-    assert quarantine_records(tmp_path)[0]["kind"] == "edit-without-image"
+    assert scenarios.quarantine_records(tmp_path)[0]["kind"] == "edit-without-image"
 
 
 def test_every_deleted_copy_is_kept(tmp_path: Path) -> None:
-    first, second = tiny_image(10), tiny_image(200)
+    first, second = wire.tiny_image(10), wire.tiny_image(200)
     messages = [
         annotation("z", "Operator", image=first),
-        WireMessage(encode_bulk(["z"]), "Deleted"),
+        wire.WireMessage(wire.encode_bulk(["z"]), "Deleted"),
         annotation("z", "Validator", image=second),
-        WireMessage(encode_bulk(["z"]), "Deleted"),
-        WireMessage(encode_bulk(["z"]), "Deleted"),  # nothing live: a no-op
+        wire.WireMessage(wire.encode_bulk(["z"]), "Deleted"),
+        wire.WireMessage(wire.encode_bulk(["z"]), "Deleted"),  # nothing live: a no-op
     ]
     assert apply_each(tmp_path, messages) == ["applied"] * 5
-    tree = read_tree(tmp_path)
+    tree = scenarios.read_tree(tmp_path)
     digest = apply_module.copy_digest({"images/.jpg": second, "labels/.txt": LABEL})[:16]
     assert tree == {
         "data_deleted/images/z.jpg": first,
@@ -263,20 +256,20 @@ def test_every_deleted_copy_is_kept(tmp_path: Path) -> None:
     }
     # The whole stream again, from its first message: the same tree.
     apply_each(tmp_path, messages)
-    assert read_tree(tmp_path) == tree
+    assert scenarios.read_tree(tmp_path) == tree
 
 
 def test_an_edit_of_a_deleted_annotation_is_quarantined_and_an_image_revives_it(tmp_path: Path) -> None:
-    image, revived = tiny_image(12), tiny_image(150)
+    image, revived = wire.tiny_image(12), wire.tiny_image(150)
     messages = [
         annotation("z", "Operator", image=image),
-        WireMessage(encode_bulk(["z"]), "Deleted"),
+        wire.WireMessage(wire.encode_bulk(["z"]), "Deleted"),
         edit("z"),
         annotation("z", "Validator", status="Edited", image=revived),
     ]
     assert apply_each(tmp_path, messages) == ["applied", "applied", "quarantined", "applied"]
-    tree = read_tree(tmp_path)
-    assert quarantine_records(tmp_path)[2]["kind"] == "edit-of-deleted"
+    tree = scenarios.read_tree(tmp_path)
+    assert scenarios.quarantine_records(tmp_path)[2]["kind"] == "edit-of-deleted"
     assert tree == {
         "data_deleted/images/z.jpg": image,
         "data_deleted/labels/z.txt": LABEL,  # untouched by the refused edit
@@ -285,15 +278,15 @@ def test_an_edit_of_a_deleted_annotation_is_quarantined_and_an_image_revives_it(
         "data/labels/z.txt": LABEL,
     }
     apply_each(tmp_path, messages)
-    assert read_tree(tmp_path) == tree
+    assert scenarios.read_tree(tmp_path) == tree
 
 
 def test_labels_keep_every_digit_of_the_message(tmp_path: Path) -> None:
     from azaion_workloads.training.dataset import validate_label_text
 
-    boxes = [Box(1, 0.123456789012345, 0.5, 4e-7, 0.1), Box(2, 0.0, 1.0, 1.0, 0.30000001192092896)]
-    body = encode_annotation("fine", tiny_image(14), detections_json(boxes), role="Validator")
-    assert apply_each(tmp_path, [WireMessage(body, "Created")]) == ["applied"]
+    boxes = [wire.Box(1, 0.123456789012345, 0.5, 4e-7, 0.1), wire.Box(2, 0.0, 1.0, 1.0, 0.30000001192092896)]
+    body = wire.encode_annotation("fine", wire.tiny_image(14), wire.detections_json(boxes), role="Validator")
+    assert apply_each(tmp_path, [wire.WireMessage(body, "Created")]) == ["applied"]
     text = (tmp_path / "data/labels/fine.txt").read_text()
     parsed = [[float(field) for field in line.split()[1:]] for line in text.splitlines()]
     assert parsed == [[b.x, b.y, b.w, b.h] for b in boxes]
@@ -302,9 +295,9 @@ def test_labels_keep_every_digit_of_the_message(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_replaying_the_whole_stream_over_its_own_result_changes_nothing(tmp_path: Path, seed: int) -> None:
-    steps = build_scenario(500 + seed, 250, malformed_every=11)
-    assert {"edit-of-deleted", "edit-without-image"} <= set(expected_outcome(steps).quarantined.values())
+    steps = scenarios.build_scenario(500 + seed, 250, malformed_every=11)
+    assert {"edit-of-deleted", "edit-without-image"} <= set(scenarios.expected_outcome(steps).quarantined.values())
     run(processor(tmp_path), steps)
     run(processor(tmp_path), steps)
-    assert read_tree(tmp_path) == expected_tree(steps)
-    assert any("~" in path for path in expected_tree(steps)), "the scenario deletes a revived name"
+    assert scenarios.read_tree(tmp_path) == scenarios.expected_tree(steps)
+    assert any("~" in path for path in scenarios.expected_tree(steps)), "the scenario deletes a revived name"

@@ -10,15 +10,7 @@ import msgpack
 import pytest
 from rstream import AMQPMessage
 
-from azaion_devtools.wire import (
-    SPELLINGS,
-    Box,
-    WireMessage,
-    detections_json,
-    encode_annotation,
-    encode_bulk,
-    tiny_image,
-)
+from azaion_devtools import wire
 from azaion_workloads.classes import ClassCatalog
 from azaion_workloads.queue.wire import (
     DETECTION_KEYS,
@@ -38,21 +30,21 @@ from tests.fixtures.scenarios import malformed_steps
 pytestmark = pytest.mark.unit
 
 VALID_IDS = ClassCatalog.default().valid_ids()
-IMAGE = tiny_image(7)
-BOXES = [Box(3, 0.5, 0.25, 0.1, 0.2, 0.87), Box(56, 0.9, 0.9, 0.05, 0.05)]
+IMAGE = wire.tiny_image(7)
+BOXES = [wire.Box(3, 0.5, 0.25, 0.1, 0.2, 0.87), wire.Box(56, 0.9, 0.9, 0.05, 0.05)]
 
 
-def raw(message: WireMessage) -> bytes:
+def raw(message: wire.WireMessage) -> bytes:
     return message.stored_bytes()
 
 
 @pytest.mark.parametrize("gzipped", [False, True])
 @pytest.mark.parametrize("status", ["Created", 10, "10", "created", b"Created"])
 def test_a_created_annotation_decodes_field_by_field(gzipped: bool, status: object) -> None:
-    body = encode_annotation(
+    body = wire.encode_annotation(
         "0b7f3c2e-1c5d-4c1e-9d7a-2f0d6e9a1b11",
         IMAGE,
-        detections_json(BOXES),
+        wire.detections_json(BOXES),
         role="Validator",
         extension="jpg",
         created=dt.datetime(2025, 5, 17, 9, 30, 15, tzinfo=dt.UTC),
@@ -61,7 +53,7 @@ def test_a_created_annotation_decodes_field_by_field(gzipped: bool, status: obje
         media="flight.mp4",
         time_ticks=12_345_678,
     )
-    message = decode(raw(WireMessage(body, status, gzip_body=gzipped)), VALID_IDS)  # type: ignore[arg-type]
+    message = decode(raw(wire.WireMessage(body, status, gzip_body=gzipped)), VALID_IDS)  # type: ignore[arg-type]
     assert isinstance(message, AnnotationMessage)
     assert message.status is AnnotationStatus.CREATED
     assert message.name == "0b7f3c2e-1c5d-4c1e-9d7a-2f0d6e9a1b11"
@@ -80,10 +72,10 @@ def test_a_created_annotation_decodes_field_by_field(gzipped: bool, status: obje
     assert message.detections[0].confidence == pytest.approx(0.87)
 
 
-@pytest.mark.parametrize("spelling", sorted(SPELLINGS))
+@pytest.mark.parametrize("spelling", sorted(wire.SPELLINGS))
 def test_detection_keys_match_whatever_their_case_and_separators(spelling: str) -> None:
-    body = encode_annotation("a", IMAGE, detections_json(BOXES, spelling=spelling))
-    message = decode(raw(WireMessage(body, "Created")), VALID_IDS)
+    body = wire.encode_annotation("a", IMAGE, wire.detections_json(BOXES, spelling=spelling))
+    message = decode(raw(wire.WireMessage(body, "Created")), VALID_IDS)
     assert isinstance(message, AnnotationMessage)
     assert [(d.class_id, d.x, d.y, d.w, d.h, d.confidence) for d in message.detections] == [
         (b.class_id, b.x, b.y, b.w, b.h, b.confidence) for b in BOXES
@@ -93,7 +85,7 @@ def test_detection_keys_match_whatever_their_case_and_separators(spelling: str) 
 def test_one_list_of_names_per_key() -> None:
     folded = {name: {fold_key(spelling) for spelling in spellings} for name, spellings in DETECTION_KEYS.items()}
     # Every spelling the test producer uses folds onto a listed name of its field.
-    for keys in SPELLINGS.values():
+    for keys in wire.SPELLINGS.values():
         for key, field in zip(keys, ("class_id", "x", "y", "w", "h", "confidence"), strict=True):
             assert fold_key(key) in folded[field], key
     assert fold_key("Center_X") == fold_key("CENTER-X") == fold_key("centerX") == "centerx"
@@ -102,13 +94,13 @@ def test_one_list_of_names_per_key() -> None:
 def test_the_same_field_twice_with_different_values_is_refused() -> None:
     box = {"ClassNumber": 3, "X": 0.5, "center_x": 0.6, "Y": 0.5, "Width": 0.1, "Height": 0.1}
     with pytest.raises(MalformedMessage) as caught:
-        decode(raw(WireMessage(encode_annotation("a", IMAGE, json.dumps([box])), "Created")), VALID_IDS)
+        decode(raw(wire.WireMessage(wire.encode_annotation("a", IMAGE, json.dumps([box])), "Created")), VALID_IDS)
     assert caught.value.kind == "detections" and "x is given twice" in str(caught.value)
 
 
 def test_an_edit_may_come_without_image_bytes() -> None:
-    body = encode_annotation("a", b"", "[]", status="Edited", role="Operator")
-    message = decode(raw(WireMessage(body, 20)), VALID_IDS)
+    body = wire.encode_annotation("a", b"", "[]", status="Edited", role="Operator")
+    message = decode(raw(wire.WireMessage(body, 20)), VALID_IDS)
     assert isinstance(message, AnnotationMessage)
     assert message.status is AnnotationStatus.EDITED
     assert message.image is None and message.detections == []
@@ -117,20 +109,20 @@ def test_an_edit_may_come_without_image_bytes() -> None:
 
 @pytest.mark.parametrize("status", ["Validated", 30, "Deleted", 40])
 def test_bulk_messages_carry_names(status: object) -> None:
-    message = decode(raw(WireMessage(encode_bulk(["a", "b", "a"]), status)), VALID_IDS)  # type: ignore[arg-type]
+    message = decode(raw(wire.WireMessage(wire.encode_bulk(["a", "b", "a"]), status)), VALID_IDS)  # type: ignore[arg-type]
     assert isinstance(message, BulkMessage)
     assert message.names == ["a", "b"]
     assert message.status.label in ("validated", "deleted")
 
 
 def test_without_the_property_an_annotation_body_names_its_own_status() -> None:
-    body = encode_annotation("a", IMAGE, "[]", status="Edited")
-    message = decode(raw(WireMessage(body, None)), VALID_IDS)
+    body = wire.encode_annotation("a", IMAGE, "[]", status="Edited")
+    message = decode(raw(wire.WireMessage(body, None)), VALID_IDS)
     assert message.status is AnnotationStatus.EDITED
 
 
 def test_a_stream_client_that_sends_the_body_as_several_data_sections() -> None:
-    body = encode_bulk(["a"])
+    body = wire.encode_bulk(["a"])
     message = AMQPMessage(body=body, application_properties={"AnnotationStatus": "Deleted"})
     decoded = decode(bytes(message), VALID_IDS)
     assert isinstance(decoded, BulkMessage) and decoded.names == ["a"]
@@ -145,13 +137,13 @@ def test_every_kind_of_bad_input_is_refused_with_its_reason(step: object) -> Non
 
 def test_reasons_never_carry_image_bytes() -> None:
     secret = b"\xff\xd8\xff" + b"SECRET-PIXELS" * 10
-    body = encode_annotation("a", secret, "[]")
+    body = wire.encode_annotation("a", secret, "[]")
     with pytest.raises(MalformedMessage) as caught:
-        decode(raw(WireMessage(body, "Created")), VALID_IDS)
+        decode(raw(wire.WireMessage(body, "Created")), VALID_IDS)
     assert "SECRET" not in str(caught.value)
     wrong = msgpack.packb([None, secret, None, 0, ".jpg", "[]", secret, 10], use_bin_type=True)
     with pytest.raises(MalformedMessage) as caught:
-        decode(raw(WireMessage(wrong, "Created")), VALID_IDS)
+        decode(raw(wire.WireMessage(wrong, "Created")), VALID_IDS)
     assert "SECRET" not in str(caught.value)
 
 
@@ -175,21 +167,21 @@ def test_a_gzip_bomb_stops_at_the_size_limit() -> None:
     ],
 )
 def test_bad_boxes_are_refused(box: dict[str, object], problem: str) -> None:
-    body = encode_annotation("a", IMAGE, json.dumps([box]))
+    body = wire.encode_annotation("a", IMAGE, json.dumps([box]))
     with pytest.raises(MalformedMessage) as caught:
-        decode(raw(WireMessage(body, "Created")), VALID_IDS)
+        decode(raw(wire.WireMessage(body, "Created")), VALID_IDS)
     assert caught.value.kind == "detections"
     assert problem in str(caught.value)
 
 
 def test_class_ids_follow_the_catalogue() -> None:
-    body = encode_annotation("a", IMAGE, detections_json([Box(17, 0.5, 0.5, 0.1, 0.1)]))
+    body = wire.encode_annotation("a", IMAGE, wire.detections_json([wire.Box(17, 0.5, 0.5, 0.1, 0.1)]))
     custom = ClassCatalog.model_validate({"classes": [{"Id": i, "Name": f"c{i}"} for i in range(18)]})
-    message = decode(raw(WireMessage(body, "Created")), custom.valid_ids())
+    message = decode(raw(wire.WireMessage(body, "Created")), custom.valid_ids())
     assert isinstance(message, AnnotationMessage) and message.detections[0].class_id == 17
 
 
 def test_status_property_for_records() -> None:
-    assert status_property(raw(WireMessage(encode_bulk(["a"]), 30))) == "30"
-    assert status_property(raw(WireMessage(encode_bulk(["a"]), "Deleted"))) == "Deleted"
+    assert status_property(raw(wire.WireMessage(wire.encode_bulk(["a"]), 30))) == "30"
+    assert status_property(raw(wire.WireMessage(wire.encode_bulk(["a"]), "Deleted"))) == "Deleted"
     assert status_property(b"not amqp") is None

@@ -64,15 +64,8 @@ class StubbedSteps(Pipeline):
             key_id=key_id,
         )
 
-    def publish(
-        self,
-        model: EncryptResult,
-        trained: TrainingResult,
-        dataset: DatasetResult | None = None,
-        *,
-        engine: EncryptResult | None = None,
-    ) -> PublishResult:
-        assert dataset is not None and engine is not None
+    def publish(self, model: EncryptResult, trained: TrainingResult, *rest: Any, **options: Any) -> PublishResult:
+        (dataset,), engine = rest, options["engine"]  # what run() passes: the dataset, and the engine by name
         self.calls.append(f"publish {Path(model.encrypted).name} {Path(engine.encrypted).name} {dataset.train}")
         return PublishResult("s3://b/manifest.json", ("s3://b/model", "s3://b/engine"), "s3://b/engine")
 

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from azaion_workloads.queue.disk import DiskGuard
 from azaion_workloads.queue.state import ConsumerState
@@ -27,25 +28,21 @@ def refresh_disk(state: ConsumerState, disk: DiskGuard) -> None:
     state.disk_critical = disk.is_critical
 
 
+@dataclass
 class PeriodicTasks:
-    """Coroutines the consumer runs next to its connection loop; each runs until cancelled."""
+    """Coroutines the consumer runs next to its connection loop; each runs until cancelled.
 
-    def __init__(
-        self,
-        state: ConsumerState,
-        disk: DiskGuard,
-        reporter: StatusReporter | None,
-        status_interval_seconds: float,
-        subscribed_at: Callable[[], float],
-        resubscribe: Callable[[], None],
-    ) -> None:
-        self.state = state
-        self.disk = disk
-        self.reporter = reporter
-        self.status_interval_seconds = status_interval_seconds
-        self._subscribed_at = subscribed_at
-        self._resubscribe = resubscribe
-        self._reported_waiting = False
+    ``subscribed_at`` tells when the current subscription began; ``resubscribe``
+    drops it (the consumer's connection loop then makes a new one).
+    """
+
+    state: ConsumerState
+    disk: DiskGuard
+    reporter: StatusReporter | None
+    status_interval_seconds: float
+    subscribed_at: Callable[[], float]
+    resubscribe: Callable[[], None]
+    _reported_waiting: bool = field(default=False, init=False)
 
     async def housekeeping(self) -> None:
         """Liveness tick and disk guard, once a second."""
@@ -93,10 +90,10 @@ class PeriodicTasks:
                     extra={"tail": tail, "offset": st.processed_offset},
                 )
             warned_behind = behind
-            if st.stalled(time.monotonic(), self._subscribed_at(), STALL_SECONDS):
+            if st.stalled(time.monotonic(), self.subscribed_at(), STALL_SECONDS):
                 log.warning(
                     "messages wait but none arrive: resubscribing",
                     extra={"waiting": st.messages_waiting(), "offset": st.processed_offset},
                 )
-                self._resubscribe()
+                self.resubscribe()
             await asyncio.sleep(period)
