@@ -11,6 +11,11 @@ FAILURES = Counter("azaion_trainingrun_failures_total", "Training attempts that 
 CHILD_REJECTIONS = Counter(
     "azaion_child_rejections_total", "Objects built from a spec that the API server refused", ["resource", "kind"]
 )
+RECONCILE_BLOCKED = Counter(
+    "azaion_reconcile_blocked_total",
+    "Attempts to create a resource's children that stopped on a refusal or a missing object",
+    ["resource", "reason"],
+)
 PREEMPTIONS = Counter("azaion_trainingrun_preemptions_total", "Training pods lost to disruptions")
 RECONCILE_ERRORS = Counter("azaion_reconcile_errors_total", "Reconciles that raised", ["kind"])
 RECONCILE_SECONDS = Histogram("azaion_reconcile_duration_seconds", "Time spent per reconcile", ["kind"])

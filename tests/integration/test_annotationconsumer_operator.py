@@ -254,3 +254,74 @@ def test_invalid_spec_is_rejected_naming_the_field(api_client, namespace, case, 
 def test_a_name_too_long_to_label_its_pods_is_refused(api_client, namespace):
     assert_rejected_naming(lambda: create(api_client, namespace, annotationconsumer("c" * 64)), "metadata.name")
     assert not custom(api_client).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+
+
+def events_of(api_client, namespace: str, name: str, reason: str) -> list[client.CoreV1Event]:
+    listed = client.CoreV1Api(api_client).list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+    return [event for event in listed.items if event.reason == reason]
+
+
+def blocked_attempts(operator, reason: str) -> float:
+    """The operator's count of child creations stopped for ``reason`` (its /metrics)."""
+    wanted = f'azaion_reconcile_blocked_total{{reason="{reason}",resource="AnnotationConsumer"}}'
+    line = next((line for line in operator.metrics().splitlines() if line.startswith(wanted)), f"{wanted} 0")
+    return float(line.rsplit(" ", 1)[1])
+
+
+def assert_stuck_quietly(api_client, operator, namespace: str, name: str, reason: str) -> None:
+    """Exactly one Event for the cause, and a bounded retry rate (backoff, not a hot loop)."""
+    if operator is None:
+        pytest.skip("the operator runs outside the tests (--external-operator): its metrics are not here")
+    before = blocked_attempts(operator, reason)
+    version = custom(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    threading.Event().wait(20)
+    # Backoff 5 s, 10 s, 20 s...: at most three attempts in 20 s, each a couple of reads.
+    assert blocked_attempts(operator, reason) - before <= 3
+    after = custom(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    assert after["metadata"]["resourceVersion"] == version["metadata"]["resourceVersion"], "no status rewrites"
+    assert len(events_of(api_client, namespace, name, reason)) == 1
+    assert deployment(api_client, namespace, name) is None
+
+
+def test_a_missing_data_claim_is_a_condition_and_one_event_and_creating_it_lets_it_start(
+    api_client, namespace, rabbitmq_secret, operator
+):
+    create(api_client, namespace, annotationconsumer("waits", dataVolume={"claimName": "late-data"}))
+    wait_until(lambda: condition(api_client, namespace, "waits", "Reconciled").get("status") == "False", 20, "a cause")
+    stuck = condition(api_client, namespace, "waits", "Reconciled")
+    assert stuck["reason"] == "ClaimNotFound"
+    assert "spec.dataVolume.claimName" in stuck["message"] and "late-data" in stuck["message"]
+    assert status_of(api_client, namespace, "waits").get("phase") == "Pending"
+    assert_stuck_quietly(api_client, operator, namespace, "waits", "ClaimNotFound")
+
+    client.CoreV1Api(api_client).create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": "late-data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+    wait_until(lambda: deployment(api_client, namespace, "waits") is not None, 90, "the Deployment after the fix")
+    wait_until(lambda: condition(api_client, namespace, "waits", "Reconciled").get("status") == "True", 20, "fixed")
+    assert len(events_of(api_client, namespace, "waits", "ChildrenCreated")) == 1
+
+
+def test_a_child_the_api_server_refuses_is_a_condition_quoting_it_and_recovers(
+    api_client, namespace, rabbitmq_secret, operator
+):
+    # A quota only the cluster knows: the namespace may hold one claim (the data claim) and no more.
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_resource_quota(
+        namespace, {"metadata": {"name": "claims"}, "spec": {"hard": {"persistentvolumeclaims": "1"}}}
+    )
+    wait_until(lambda: core.read_namespaced_resource_quota("claims", namespace).status.used, 20, "the quota to count")
+    create(api_client, namespace, annotationconsumer("quota"))
+    wait_until(lambda: condition(api_client, namespace, "quota", "Reconciled").get("status") == "False", 20, "a cause")
+    stuck = condition(api_client, namespace, "quota", "Reconciled")
+    assert stuck["reason"] == "ChildRejected"
+    assert "PersistentVolumeClaim 'quota-offset'" in stuck["message"] and "exceeded quota" in stuck["message"]
+    assert_stuck_quietly(api_client, operator, namespace, "quota", "ChildRejected")
+
+    core.delete_namespaced_resource_quota("claims", namespace)
+    wait_until(lambda: deployment(api_client, namespace, "quota") is not None, 90, "the Deployment after the fix")
+    wait_until(lambda: condition(api_client, namespace, "quota", "Reconciled").get("status") == "True", 20, "fixed")

@@ -12,22 +12,28 @@ from azaion_contract import API_GROUP, API_VERSION, LABEL_ANNOTATIONCONSUMER
 from azaion_contract.models.annotationconsumer import PLURAL
 from azaion_operator import metrics, resync
 from azaion_operator.annotationconsumer import reconcile as controller
+from azaion_operator.annotationconsumer.health import RECONCILED
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit import kube
+from azaion_operator.kit.conditions import find
 
 log = logging.getLogger(__name__)
 
 
 @resync.register
 def resync_once(config: OperatorConfig) -> None:
-    """Health of every consumer: Stalled and DiskPressure depend on time."""
+    """Health of every consumer (Stalled and DiskPressure depend on time); children retried while blocked."""
     phases: dict[str, int] = defaultdict(int)
     consumers = kube.list_managed(PLURAL)
     controller.forget_except((c["metadata"]["namespace"], c["metadata"]["name"]) for c in consumers)
     for consumer in consumers:
         meta = consumer["metadata"]
-        phases[(consumer.get("status") or {}).get("phase") or "Pending"] += 1
+        status = consumer.get("status") or {}
+        phases[status.get("phase") or "Pending"] += 1
         try:
+            blocked = (find(status.get("conditions"), RECONCILED) or {}).get("status") == "False"
+            if blocked and controller.retry_due(meta["namespace"], meta["name"]):
+                controller.apply_spec(meta["namespace"], meta["name"], config)  # the cause may be gone
             controller.refresh_health(meta["namespace"], meta["name"])
         except Exception:
             metrics.RECONCILE_ERRORS.labels("AnnotationConsumer").inc()

@@ -14,13 +14,47 @@ from azaion_contract.models.annotationconsumer import (
 )
 from azaion_contract.timefmt import parse_rfc3339_or_none
 from azaion_contract.timefmt import rfc3339 as timestamp
-from azaion_operator.kit.conditions import condition, find_in, keep_transition_times
+from azaion_operator.kit.conditions import condition, find, find_in, keep_transition_times
+
+#: The condition saying whether the consumer's children exist as the spec says.
+RECONCILED = "Reconciled"
 
 
 @dataclass
 class Health:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ChildProblem:
+    """Why the children could not be made: ``ChildRejected`` (fix the spec) or ``ClaimNotFound`` (create it)."""
+
+    reason: str
+    message: str
+
+
+def reconciled(meta: dict[str, Any], status: dict[str, Any], problem: ChildProblem | None, now: datetime) -> Health:
+    """The Reconciled condition after an attempt to make the children; one Event per new cause."""
+    health = Health()
+    generation = meta.get("generation", 1)
+    if problem is None:
+        reason, message = "ChildrenCreated", "the Deployment and its claim are as specified"
+    else:
+        reason, message = problem.reason, problem.message
+    entry = condition(RECONCILED, problem is None, reason, message, timestamp(now), generation)
+    previous = find(status.get("conditions"), RECONCILED) or {}
+    same = all(previous.get(key) == entry[key] for key in ("status", "reason", "message", "observedGeneration"))
+    if same:
+        return health  # nothing new: no write, no Event
+    others = [c for c in status.get("conditions") or [] if c.get("type") != RECONCILED]
+    keep_transition_times([entry], status.get("conditions"))
+    health.status = AnnotationConsumerStatus.patch(conditions=[*others, entry])
+    if problem is not None:
+        health.events.append(("Warning", problem.reason, problem.message))
+    elif previous.get("status") == "False":
+        health.events.append(("Normal", "ChildrenCreated", "the cause is gone: the consumer's children are created"))
+    return health
 
 
 def _deployment_condition(deployment: dict[str, Any] | None, kind: str) -> dict[str, Any]:
@@ -97,6 +131,9 @@ def assess(
         ),
         condition("DiskPressure", pressure, disk_reason, disk_message, stamp, generation),
     ]
+    carried = find(status.get("conditions"), RECONCILED)
+    if carried is not None:
+        conditions.append(carried)  # owned by the reconcile of the spec, not by this assessment
     previous = {c.get("type"): c for c in status.get("conditions") or []}
     keep_transition_times(conditions, status.get("conditions"))
     for entry in conditions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -146,6 +147,24 @@ def apply_deployment(obj: dict[str, Any]) -> None:
         force=True,
         _content_type="application/apply-patch+yaml",
     )
+
+
+def claim_exists(namespace: str, name: str) -> bool:
+    try:
+        core().read_namespaced_persistent_volume_claim(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own words for a refusal (its Status message), else the HTTP reason."""
+    try:
+        return json.loads(error.body or "{}").get("message") or str(error.reason)
+    except (ValueError, AttributeError):
+        return str(error.reason)
 
 
 def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:
