@@ -14,6 +14,8 @@ from azaion_workloads.fsutil import leftover_temp_files
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.queue import apply as apply_module
 from azaion_workloads.queue.processor import MessageProcessor
+from azaion_workloads.queue.recovery import consumer_directories, remove_temporary_files
+from azaion_workloads.queue.staging import StagedTree
 from tests.fixtures import scenarios
 
 pytestmark = pytest.mark.unit
@@ -159,7 +161,7 @@ class SimulatedCrash(BaseException):
 
 
 def crash_after(monkeypatch: pytest.MonkeyPatch, operations: int) -> None:
-    """Make the ``operations``-th disk write, move or removal raise SimulatedCrash."""
+    """Make the ``operations``-th staged write, move, removal or flushed rename raise SimulatedCrash."""
     remaining = [operations]
 
     def counting(function):  # type: ignore[no-untyped-def]
@@ -171,9 +173,14 @@ def crash_after(monkeypatch: pytest.MonkeyPatch, operations: int) -> None:
 
         return wrapper
 
-    monkeypatch.setattr(apply_module, "atomic_write_bytes", counting(apply_module.atomic_write_bytes))
-    monkeypatch.setattr(apply_module, "durable_move", counting(apply_module.durable_move))
-    monkeypatch.setattr(apply_module.Applier, "_remove", counting(apply_module.Applier._remove))
+    for method in ("write", "move", "remove", "_perform"):
+        monkeypatch.setattr(StagedTree, method, counting(getattr(StagedTree, method)))
+
+
+def restart(root: Path) -> MessageProcessor:
+    """What the consumer does at start-up: temporary files of the interrupted batch go."""
+    remove_temporary_files(consumer_directories(DataLayout(root), root / "state" / "offset.yaml"))
+    return processor(root)
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -188,11 +195,11 @@ def test_replaying_from_any_stored_offset_after_a_crash_converges(
     barriers: list[int] = []
     run(processor(tmp_path), steps, 0, crashed_at, barriers)
     with monkeypatch.context() as patch:
-        crash_after(patch, rng.randint(0, 7))
+        crash_after(patch, rng.randint(0, 12))
         with contextlib.suppress(SimulatedCrash):
             run(processor(tmp_path), steps, crashed_at, crashed_at + 1, barriers)
     earliest = max([0, crashed_at - 60, *barriers])
-    run(processor(tmp_path), steps, rng.randint(earliest, crashed_at))
+    run(restart(tmp_path), steps, rng.randint(earliest, crashed_at))
     assert scenarios.read_tree(tmp_path) == scenarios.expected_tree(steps)
     assert leftover_temp_files(tmp_path) == []
 
@@ -301,3 +308,38 @@ def test_replaying_the_whole_stream_over_its_own_result_changes_nothing(tmp_path
     run(processor(tmp_path), steps)
     assert scenarios.read_tree(tmp_path) == scenarios.expected_tree(steps)
     assert any("~" in path for path in scenarios.expected_tree(steps)), "the scenario deletes a revived name"
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_crash_inside_a_group_commit_replays_from_the_last_stored_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Batches of messages made durable together (as the consumer does); a crash while a batch is
+    staged or while it is flushed, then a replay from the offset stored last, converges."""
+    rng = random.Random(seed)
+    steps = scenarios.build_scenario(2000 + seed, 150, malformed_every=13)
+    every = rng.choice([3, 10, 40])
+    proc = MessageProcessor(DataLayout(tmp_path), "azaion-annotations", group_commit=True)
+    stored = [-1]  # the offset the consumer would have stored
+
+    def commit(upto: int) -> None:
+        proc.sync()
+        stored[0] = upto
+
+    def process(index: int) -> None:
+        proc.process(steps[index].wire.stored_bytes(), index, STORED_AT_MS, lambda: commit(index - 1))
+
+    crashed_at = rng.randrange(len(steps))
+    for index in range(crashed_at):
+        process(index)
+        if (index + 1) % every == 0:
+            commit(index)
+    staged = len(proc.tree)
+    with monkeypatch.context() as patch:
+        crash_after(patch, rng.randint(0, 8 + 2 * staged))  # while staging, or inside the flush
+        with contextlib.suppress(SimulatedCrash):
+            process(crashed_at)
+            commit(crashed_at)
+    run(restart(tmp_path), steps, stored[0] + 1)
+    assert scenarios.read_tree(tmp_path) == scenarios.expected_tree(steps)
+    assert leftover_temp_files(tmp_path) == []

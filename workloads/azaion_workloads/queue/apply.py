@@ -25,10 +25,11 @@ the consumer stores its offset before every message that deletes or revives a
 name (:meth:`Applier.needs_barrier`): a replay never re-applies a deletion on
 top of a later revival, nor an earlier message on top of a later deletion.
 
-Writes go through :mod:`azaion_workloads.fsutil`: temporary file, fsync,
-rename, so a reader never sees half a file; the directory fsyncs that make
-the renames durable are batched (:mod:`durability`) and done before the
-offset covering them is stored.
+Every file operation goes through a :class:`~azaion_workloads.queue.staging.StagedTree`:
+contents under a temporary name, fsynced, then renamed, so a reader never sees
+half a file; the consumer flushes a whole batch of messages at once (group
+commit), and the directory fsyncs that make the renames durable are batched
+(:mod:`durability`) and done before the offset covering them is stored.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from azaion_workloads.fsutil import atomic_write_bytes, durable_move
 from azaion_workloads.layout import DataLayout, safe_name
 from azaion_workloads.queue.durability import PendingDirectories
+from azaion_workloads.queue.staging import StagedTree
 from azaion_workloads.queue.wire import (
     IMAGE_EXTENSIONS,
     AnnotationMessage,
@@ -76,9 +77,10 @@ class Effects:
 class Applier:
     """Applies decoded messages to the annotation directories of one data root."""
 
-    def __init__(self, layout: DataLayout, pending: PendingDirectories | None = None) -> None:
+    def __init__(self, layout: DataLayout, tree: StagedTree | None = None) -> None:
         self.layout = layout
-        self.pending = PendingDirectories() if pending is None else pending
+        #: Every file operation goes through the batch (see :mod:`staging`).
+        self.tree = StagedTree(PendingDirectories()) if tree is None else tree
 
     # -- paths -------------------------------------------------------------
 
@@ -86,33 +88,28 @@ class Applier:
         """The image files of ``name`` under ``base`` (any accepted extension)."""
         # Plain string paths: this runs for every message and pathlib costs more than the stats.
         stem = os.path.join(base, "images", safe_name(name))
-        return [Path(path) for extension in IMAGE_EXTENSIONS if os.path.exists(path := stem + extension)]
+        exists = self.tree.exists
+        return [Path(path) for extension in IMAGE_EXTENSIONS if exists(path := stem + extension)]
 
     @staticmethod
     def _label(base: Path, name: str) -> Path:
         return base / "labels" / (safe_name(name) + LABEL_EXTENSION)
 
     def _has_label(self, base: Path, name: str) -> bool:
-        return os.path.exists(os.path.join(base, "labels", safe_name(name) + LABEL_EXTENSION))
+        return self.tree.exists(os.path.join(base, "labels", safe_name(name) + LABEL_EXTENSION))
 
     # -- primitives --------------------------------------------------------
 
     def _write(self, path: Path, data: bytes, effects: Effects) -> None:
-        atomic_write_bytes(path, data, sync_directory=False)
-        self.pending.add(path.parent)
+        self.tree.write(path, data)
         effects.written += 1
 
     def _remove(self, path: Path, effects: Effects) -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return
-        self.pending.add(path.parent)
-        effects.removed += 1
+        if self.tree.remove(path):
+            effects.removed += 1
 
     def _move(self, source: Path, destination: Path, effects: Effects) -> bool:
-        if durable_move(source, destination, sync_directories=False):
-            self.pending.add(source.parent, destination.parent)
+        if self.tree.move(source, destination):
             effects.moved += 1
             return True
         return False
@@ -222,7 +219,7 @@ class Applier:
         """``images/<ext>`` / ``labels/.txt`` -> path, for the files of ``name`` under ``base``."""
         files = {f"images/{path.suffix}": path for path in self._images(base, name)}
         label = self._label(base, name)
-        if label.exists():
+        if self.tree.exists(label):
             files[f"labels/{LABEL_EXTENSION}"] = label
         return files
 
@@ -231,8 +228,9 @@ class Applier:
         kept = self._annotation_files(self.layout.deleted, name)
         if not kept:
             return name
-        digest = copy_digest({kind: path.read_bytes() for kind, path in files.items()})
-        if copy_digest({kind: path.read_bytes() for kind, path in kept.items()}) == digest:
+        read = self.tree.read_bytes
+        digest = copy_digest({kind: read(path) for kind, path in files.items()})
+        if copy_digest({kind: read(path) for kind, path in kept.items()}) == digest:
             return name  # this very deletion, replayed
         return f"{name}{DELETED_COPY_SEPARATOR}{digest[:16]}"
 
@@ -240,14 +238,12 @@ class Applier:
         return self.layout.deleted / MOVING_DIR / safe_name(name)
 
     def _write_intent(self, name: str, base: str, stem: str) -> None:
-        intent = self._intent(name)
-        intent.parent.mkdir(parents=True, exist_ok=True)
-        self._write(intent, f"{base}\n{stem}\n".encode(), Effects())
+        self._write(self._intent(name), f"{base}\n{stem}\n".encode(), Effects())
 
     def _read_intent(self, name: str) -> tuple[str, str] | None:
         """(live directory, destination stem) of a deletion of ``name`` a crash interrupted."""
         try:
-            base, stem = self._intent(name).read_text(encoding="utf-8").split()
+            base, stem = self.tree.read_bytes(self._intent(name)).decode("utf-8").split()
         except (FileNotFoundError, ValueError):
             return None
         if stem != name and not _DIGEST_SUFFIX.fullmatch(stem.removeprefix(name)):

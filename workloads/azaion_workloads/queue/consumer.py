@@ -109,7 +109,7 @@ class StreamConsumer:
         self.layout = config.layout
         self.state = ConsumerState()
         self.metrics = QueueMetrics(self.state)
-        self.processor = MessageProcessor(self.layout, settings.stream)
+        self.processor = MessageProcessor(self.layout, settings.stream, group_commit=True)
         self.offsets = OffsetFile(settings.offset_file)
         self.commits = CommitPolicy(settings.commit_every, settings.commit_interval_ms / 1000)
         self.disk = DiskGuard(self.layout.root, settings.disk_warn_percent, settings.disk_critical_percent)

@@ -11,6 +11,7 @@ renames whose messages are replayed anyway.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from azaion_workloads.fsutil import fsync_dir
@@ -18,10 +19,10 @@ from azaion_workloads.fsutil import fsync_dir
 
 class PendingDirectories:
     def __init__(self) -> None:
-        self._paths: set[Path] = set()
+        self._paths: set[str] = set()
 
-    def add(self, *paths: Path) -> None:
-        self._paths.update(paths)
+    def add(self, *paths: str | os.PathLike[str]) -> None:
+        self._paths.update(os.fspath(path) for path in paths)
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -30,6 +31,6 @@ class PendingDirectories:
         """fsync every pending directory; the number synced."""
         paths = sorted(self._paths)
         for path in paths:
-            fsync_dir(path)
+            fsync_dir(Path(path))
             self._paths.discard(path)
         return len(paths)

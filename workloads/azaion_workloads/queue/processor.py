@@ -20,6 +20,7 @@ from azaion_workloads.layout import DataLayout
 from azaion_workloads.queue.apply import Applier, Effects
 from azaion_workloads.queue.durability import PendingDirectories
 from azaion_workloads.queue.quarantine import Quarantine
+from azaion_workloads.queue.staging import StagedTree
 from azaion_workloads.queue.wire import (
     AnnotationMessage,
     AnnotationStatus,
@@ -29,6 +30,9 @@ from azaion_workloads.queue.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+#: How often classes.json is looked at (an edit is picked up within this).
+CATALOG_CHECK_SECONDS = 1.0
 
 
 class BarrierFailed(Exception):
@@ -47,17 +51,32 @@ class Outcome:
 
 
 class MessageProcessor:
-    def __init__(self, layout: DataLayout, stream: str) -> None:
+    """Decode and apply entries one by one.
+
+    With ``group_commit`` the file operations of many messages wait in a
+    :class:`StagedTree` until :meth:`sync` (the consumer's offset commit);
+    without it each message's operations reach the disk before ``process``
+    returns (a replay by hand, the tests of single messages).
+    """
+
+    def __init__(self, layout: DataLayout, stream: str, group_commit: bool = False) -> None:
         self.layout = layout
         self.pending = PendingDirectories()
-        self.applier = Applier(layout, self.pending)
+        self.tree = StagedTree(self.pending)
+        self.applier = Applier(layout, self.tree)
         self.quarantine = Quarantine(layout.quarantine, stream, self.pending)
+        self.group_commit = group_commit
+        self._catalog_checked = 0.0
         self._catalog_stamp: tuple[int, int] | None = None
         self._valid_ids = ClassCatalog.default().valid_ids()
         self._reload_classes()
 
     def _reload_classes(self) -> None:
-        """Pick up a new classes.json without a restart (checked by mtime and size)."""
+        """Pick up a new classes.json without a restart (mtime and size, checked once a second at most)."""
+        now = time.monotonic()
+        if now - self._catalog_checked < CATALOG_CHECK_SECONDS:
+            return
+        self._catalog_checked = now
         path = self.layout.classes_file
         try:
             info = os.stat(path)
@@ -73,7 +92,8 @@ class MessageProcessor:
         self._catalog_stamp = stamp
 
     def sync(self) -> int:
-        """Make every rename so far durable (before an offset covering it is stored)."""
+        """Make every effect so far durable (before an offset covering it is stored); directories synced."""
+        self.tree.flush()
         return self.pending.sync()
 
     def process(
@@ -98,6 +118,8 @@ class MessageProcessor:
             if barrier is not None and self.applier.needs_barrier(message):
                 barrier()
             effects = self.applier.apply(message)
+            if not self.group_commit:
+                self.tree.flush()
         except MalformedMessage as error:
             if error.status is not None:
                 kind = error.status.label

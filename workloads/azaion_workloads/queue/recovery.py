@@ -29,6 +29,8 @@ def consumer_directories(layout: DataLayout, offset_file: Path) -> list[Path]:
 def remove_temporary_files(directories: Iterable[Path]) -> int:
     removed = 0
     for directory in directories:
+        if not directory.is_dir():
+            continue  # nothing was ever written there
         with os.scandir(directory) as entries:
             for entry in entries:
                 if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
