@@ -24,7 +24,6 @@ done before the offset is stored.
 from __future__ import annotations
 
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -88,12 +87,17 @@ class StagedTree:
         """Stage ``data`` as the new contents of ``path`` (under a temporary name until flush)."""
         final = os.fspath(path)
         directory = os.path.dirname(final)
-        os.makedirs(directory, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+        # A random name created exclusively (what mkstemp does, without its per-call overhead).
+        temporary = os.path.join(directory, TEMP_PREFIX + os.urandom(8).hex())
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            os.chmod(temporary, mode)
+            os.chmod(temporary, mode)  # exactly ``mode``, whatever the umask
         except BaseException:
             os.unlink(temporary)
             raise
