@@ -105,6 +105,8 @@ class CrdSource:
     status_model: type[BaseModel]
     description: str
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
+    #: CEL rules on the whole object, for checks that need metadata (the spec model cannot see it).
+    object_rules: list[dict[str, str]] = field(default_factory=list)
 
 
 # The resource's name is a label value on every pod it makes (the operator's
@@ -154,7 +156,7 @@ def build_crd(source: CrdSource) -> dict[str, Any]:
                             "type": "object",
                             "description": source.description,
                             "required": ["spec"],
-                            "x-kubernetes-validations": [name_rule(source.kind)],
+                            "x-kubernetes-validations": [name_rule(source.kind), *source.object_rules],
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "API version of the object."},
                                 "kind": {"type": "string", "description": "Kind of the object."},
@@ -192,6 +194,13 @@ def sources() -> list[CrdSource]:
                 {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
                 {"name": "Queue", "type": "integer", "jsonPath": ".status.queuePosition", "priority": 1},
                 {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            ],
+            object_rules=[
+                {
+                    "rule": "!has(self.spec.fromRun) || self.spec.fromRun != self.metadata.name",
+                    "message": "must name another TrainingRun (a run cannot fine-tune its own model)",
+                    "fieldPath": ".spec.fromRun",
+                }
             ],
         ),
         CrdSource(

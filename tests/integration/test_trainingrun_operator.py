@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -196,11 +197,79 @@ def test_permanent_exit_code_fails_at_once_without_a_new_job(api_client, namespa
     wait_until(lambda: {"AttemptStarted", "PermanentError"} <= reasons(), 10, "an Event per transition")
 
 
+@pytest.fixture
+def cpu_policy(api_client, namespace) -> Iterator[None]:
+    """A cluster policy that refuses Jobs with more than 2 CPUs in ``namespace`` (422, reason Invalid).
+
+    The CRD refuses every spec the Job's own validation would; a policy of the
+    cluster is what can still refuse a Job built from an admitted run.
+    """
+    admission = client.AdmissionregistrationV1Api(api_client)
+    name = f"azaion-test-cpu-{namespace}"[:63]
+    admission.create_validating_admission_policy(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["jobs"]}
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": "object.spec.template.spec.containers.all(c, !has(c.resources.limits)"
+                        " || !('cpu' in c.resources.limits)"
+                        " || quantity(c.resources.limits['cpu']).compareTo(quantity('2')) <= 0)",
+                        "message": "cpu limits above 2 are not allowed in this namespace",
+                        "reason": "Invalid",
+                    }
+                ],
+            },
+        }
+    )
+    admission.create_validating_admission_policy_binding(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}},
+            },
+        }
+    )
+
+    def enforced() -> bool:
+        probe = {
+            "metadata": {"name": "policy-probe"},
+            "spec": {
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "c", "image": "busybox", "resources": {"limits": {"cpu": "4"}}}],
+                    }
+                }
+            },
+        }
+        try:
+            client.BatchV1Api(api_client).create_namespaced_job(namespace, probe, dry_run="All")
+        except ApiException as error:
+            return error.status == 422
+        return False
+
+    try:
+        wait_until(enforced, 30, "the CPU policy to be enforced")
+        yield
+    finally:
+        admission.delete_validating_admission_policy_binding(name)
+        admission.delete_validating_admission_policy(name)
+
+
 def test_a_job_the_api_server_refuses_shows_as_a_condition_with_one_event_and_recovers_after_a_fix(
-    api_client, namespace, operator
+    api_client, namespace, operator, cpu_policy
 ):
-    # A negative CPU limit passes the CRD's quantity pattern; only the Job's validation refuses it.
-    create_run(api_client, namespace, run_body("refused", resources={"gpus": 0, "cpu": "-4"}))
+    # The spec is valid (the CRD admits it); the cluster's policy refuses the Job built from it.
+    create_run(api_client, namespace, run_body("refused", resources={"gpus": 0, "cpu": "4"}))
 
     def rejected() -> bool:
         conditions = status_of(api_client, namespace, "refused").get("conditions") or []

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from azaion_contract.api import ANNOTATIONCONSUMER_KIND, ANNOTATIONCONSUMER_PLURAL
-from azaion_contract.models.common import (
-    DNS_SUBDOMAIN_PATTERN,
-    QUANTITY_PATTERN,
-    ApiModel,
-    ReconciledStatus,
-    SecretKeyRef,
-    Toleration,
+from azaion_contract.models.common import ApiModel, ReconciledStatus, SecretKeyRef, Toleration
+from azaion_contract.models.rules import (
+    HOST,
+    MAX_LABELS,
+    RFC3339_PATTERN,
+    DnsSubdomain,
+    Image,
+    Labels,
+    Quantity,
+    Rule,
+    SecretKey,
+    cel_string,
+    is_rfc3339,
 )
 
 KIND = ANNOTATIONCONSUMER_KIND
@@ -23,6 +30,8 @@ SINGULAR = "annotationconsumer"
 SHORT_NAMES = ["ac"]
 
 DURATION_PATTERN = r"^([0-9]+(s|m|h))+$"
+# The longest duration CEL's duration() (a Go time.Duration) can hold.
+_MAX_DURATION_SECONDS = (2**63 - 1) // 10**9
 
 
 def duration_seconds(value: str) -> int:
@@ -40,16 +49,26 @@ def duration_seconds(value: str) -> int:
 class RabbitMQCredentialsRef(ApiModel):
     """A Secret with the stream user's name and password."""
 
-    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    name: DnsSubdomain
     """Name of the Secret."""
-    username_key: str = "username"
+    username_key: SecretKey = "username"
     """Key of the user name in the Secret."""
-    password_key: str = "password"  # noqa: S105 - a key name, not a secret
+    password_key: SecretKey = "password"  # noqa: S105 - a key name, not a secret
     """Key of the password in the Secret."""
 
 
 class TLSSpec(ApiModel):
     """TLS to the broker."""
+
+    cel_rules = (
+        # A CA that is never used is a mistake (TLS forgotten), not a setting.
+        Rule(
+            "!has(self.caSecretRef) || self.enabled",
+            "a CA certificate needs enabled: true (TLS is off)",
+            lambda tls: tls.ca_secret_ref is None or tls.enabled,
+            field="caSecretRef",
+        ),
+    )
 
     enabled: bool = False
     """Connect with TLS."""
@@ -60,8 +79,8 @@ class TLSSpec(ApiModel):
 class RabbitMQSpec(ApiModel):
     """Where the annotation stream lives."""
 
-    host: str = Field(min_length=1, max_length=253)
-    """Broker host name."""
+    host: Annotated[str, Field(min_length=1, max_length=253), HOST]
+    """Broker host name or IP address (the port, TLS and credentials have fields of their own)."""
     port: int = Field(default=5552, ge=1, le=65535)
     """Stream protocol port."""
     vhost: str = Field(default="/", min_length=1)
@@ -77,16 +96,16 @@ class RabbitMQSpec(ApiModel):
 class DataVolumeSpec(ApiModel):
     """The data volume the annotations are written to."""
 
-    claim_name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    claim_name: DnsSubdomain
     """PersistentVolumeClaim holding the data root."""
 
 
 class OffsetVolumeSpec(ApiModel):
     """The consumer's own volume for its stream offset."""
 
-    size: str = Field(default="1Gi", pattern=QUANTITY_PATTERN)
-    """Requested size."""
-    storage_class_name: str | None = Field(default=None, max_length=253)
+    size: Quantity = "1Gi"
+    """Requested size (a positive quantity)."""
+    storage_class_name: DnsSubdomain | None = None
     """StorageClass; the cluster default when unset."""
     delete_policy: Literal["Retain", "Delete"] = "Retain"
     """Retain keeps the volume (and the offset) when the resource is deleted; Delete removes it."""
@@ -95,13 +114,13 @@ class OffsetVolumeSpec(ApiModel):
 class ConsumerResources(ApiModel):
     """CPU, memory and placement of the consumer pod."""
 
-    cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
-    """CPU request and limit."""
-    memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
-    """Memory request and limit."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    cpu: Quantity | None = None
+    """CPU request and limit (a positive quantity)."""
+    memory: Quantity | None = None
+    """Memory request and limit (a positive quantity)."""
+    node_selector: Labels = Field(default_factory=dict)
     """Node labels the pod must match (the node that mounts the data volume, on a multi-node cluster)."""
-    tolerations: list[Toleration] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_LABELS)
     """Taints the pod tolerates."""
 
 
@@ -117,6 +136,15 @@ class OffsetCommit(ApiModel):
 class DiskThresholds(ApiModel):
     """Data-volume usage thresholds."""
 
+    cel_rules = (
+        Rule(
+            "self.warnPercent < self.criticalPercent",
+            "must be below criticalPercent (the warning comes before consuming stops)",
+            lambda disk: disk.warn_percent < disk.critical_percent,
+            field="warnPercent",
+        ),
+    )
+
     warn_percent: int = Field(default=80, ge=1, le=100)
     """Warn (DiskPressure condition) above this usage."""
     critical_percent: int = Field(default=95, ge=1, le=100)
@@ -126,7 +154,7 @@ class DiskThresholds(ApiModel):
 class AnnotationConsumerSpec(ApiModel):
     """Desired state of an AnnotationConsumer."""
 
-    image: str | None = Field(default=None, min_length=1, max_length=1024)
+    image: Image | None = None
     """Consumer image; the operator's configured default when unset."""
     rabbitmq: RabbitMQSpec
     """The stream to read."""
@@ -136,16 +164,35 @@ class AnnotationConsumerSpec(ApiModel):
     """The offset volume (created by the operator when absent)."""
     resources: ConsumerResources = Field(default_factory=ConsumerResources)
     """Container resources."""
-    start_from: str = Field(
-        default="first",
-        pattern=r"^(first|last|next|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(Z|[+-][0-9:]+))$",
-    )
+    start_from: Annotated[
+        str,
+        Field(max_length=64),
+        # timestamp() fails on a time that does not exist (February 30th, hour 25):
+        # the API server then refuses the object with this rule's message.
+        Rule(
+            f"self in ['first', 'last', 'next'] || (self.matches('{cel_string(RFC3339_PATTERN)}')"
+            " && timestamp(self) >= timestamp('0001-01-01T00:00:00Z'))",
+            "must be first, last, next or an RFC 3339 time that exists, e.g. 2026-01-31T12:00:00Z",
+            lambda value: value in ("first", "last", "next") or is_rfc3339(value),
+        ),
+    ] = "first"
     """Where to start when no offset is stored: first, last, next, or an RFC 3339 time."""
     offset_commit: OffsetCommit = Field(default_factory=OffsetCommit)
     """Offset batching."""
     disk: DiskThresholds = Field(default_factory=DiskThresholds)
     """Disk thresholds."""
-    stall_after: str = Field(default="30m", pattern=DURATION_PATTERN)
+    stall_after: Annotated[
+        str,
+        Field(max_length=32),
+        Rule(
+            f"self.matches('{DURATION_PATTERN}') && duration(self) > duration('0s')",
+            "must be a positive duration of hours, minutes and seconds, e.g. 30m or 1h30m",
+            lambda value: (
+                re.fullmatch(DURATION_PATTERN, value) is not None
+                and 0 < duration_seconds(value) <= _MAX_DURATION_SECONDS
+            ),
+        ),
+    ] = "30m"
     """Report Stalled when the offset has not advanced this long while messages wait, or reports stop."""
 
 

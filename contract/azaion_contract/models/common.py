@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
-# Kubernetes resource quantities ("500m", "8Gi", "1.5"), as the API server parses them.
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+from azaion_contract.models.rules import LABEL_VALUE, TAINT_KEY, DnsSubdomain, Rule, SecretKey
 
 
 class ApiModel(BaseModel):
@@ -22,6 +21,25 @@ class ApiModel(BaseModel):
         extra="forbid",
         use_attribute_docstrings=True,
     )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+    """Rules about several fields of the object: CEL on the CRD's object schema, and checked here."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = super().__get_pydantic_json_schema__(schema, handler)
+        if cls.cel_rules:
+            definition = handler.resolve_ref_schema(json_schema)
+            definition.setdefault("x-kubernetes-validations", []).extend(rule.crd_entry() for rule in cls.cel_rules)
+        return json_schema
+
+    @model_validator(mode="after")
+    def _check_cel_rules(self) -> Self:
+        for rule in type(self).cel_rules:
+            rule.validate(self)
+        return self
 
     def wire(self) -> dict[str, Any]:
         """The object as it appears in the API (camelCase, without unset optionals)."""
@@ -65,20 +83,43 @@ class StatusModel(ApiModel):
 class SecretKeyRef(ApiModel):
     """A key in a Secret in the resource's namespace."""
 
-    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    name: DnsSubdomain
     """Name of the Secret."""
-    key: str = Field(min_length=1, max_length=253)
+    key: SecretKey
     """Key within the Secret."""
 
 
 class Toleration(ApiModel):
     """A pod toleration (same fields as core/v1 Toleration)."""
 
-    key: str | None = None
+    # The checks of the pod validation (ValidateTolerations), so a toleration
+    # the API server would refuse on the pod is refused on the resource instead.
+    cel_rules = (
+        Rule(
+            "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+            "must be Exists when key is empty (that tolerates every taint)",
+            lambda t: bool(t.key) or t.operator == "Exists",
+            field="operator",
+        ),
+        Rule(
+            "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "must be empty when operator is Exists",
+            lambda t: t.operator != "Exists" or not t.value,
+            field="value",
+        ),
+        Rule(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "must be NoExecute when tolerationSeconds is set",
+            lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+            field="effect",
+        ),
+    )
+
+    key: Annotated[str, Field(max_length=317), TAINT_KEY] | None = None
     """Taint key the toleration applies to; empty with operator Exists matches all taints."""
     operator: Literal["Exists", "Equal"] | None = None
     """Exists or Equal (default Equal)."""
-    value: str | None = None
+    value: Annotated[str, Field(max_length=63), LABEL_VALUE] | None = None
     """Taint value the toleration matches (with operator Equal)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches all effects."""

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
+from pydantic import AfterValidator, Field, WithJsonSchema
 
-from azaion_contract.api import TRAININGRUN_KIND, TRAININGRUN_PLURAL
-from azaion_contract.models.common import (
-    DNS_SUBDOMAIN_PATTERN,
-    QUANTITY_PATTERN,
-    ApiModel,
-    ReconciledStatus,
-    SecretKeyRef,
-    StatusModel,
-    Toleration,
+from azaion_contract.api import LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_TRAININGRUN, TRAININGRUN_KIND, TRAININGRUN_PLURAL
+from azaion_contract.models.common import ApiModel, ReconciledStatus, SecretKeyRef, StatusModel, Toleration
+from azaion_contract.models.rules import (
+    DATA_ROOT_PATH,
+    DNS_SUBDOMAIN,
+    HTTP_URL,
+    MAX_LABELS,
+    Annotations,
+    DnsSubdomain,
+    Image,
+    Labels,
+    Quantity,
+    Rule,
+    SecretKey,
+    cel_string,
+    is_data_root_path,
 )
 from azaion_contract.pod import EXIT_PERMANENT
 from azaion_contract.training_options import ALLOWED_EXTRA_ARGS, OPTIMIZERS
@@ -30,8 +38,6 @@ def cel(rule: str, message: str) -> dict[str, Any]:
     """A CEL validation rule for the CRD schema (evaluated by the API server)."""
     return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
 
-
-Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
 
 # Types of the ultralytics train() arguments that extraArgs may set; the keys
 # are exactly the workload's allow-list (a unit test keeps the two equal).
@@ -66,18 +72,39 @@ def _only_allowed(value: dict[str, Any]) -> dict[str, Any]:
     refused = sorted(set(value) - ALLOWED_EXTRA_ARGS)
     if refused:
         raise ValueError(f"extraArgs may not set: {', '.join(refused)}")
+    # The types the CRD schema gives each argument, so the operator refuses what the API server does.
+    mistyped = sorted(name for name, arg in value.items() if not _has_type(arg, _extra_arg_schema(name)["type"]))
+    if mistyped:
+        raise ValueError(f"extraArgs of the wrong type: {', '.join(mistyped)}")
     return value
+
+
+def _has_type(value: Any, json_type: str) -> bool:
+    if json_type == "boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # a bool is an int in Python, never in JSON
+        return False
+    if json_type == "integer":
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if json_type == "number":
+        return isinstance(value, int | float)
+    return isinstance(value, str)
 
 
 class DatasetSource(StrEnum):
     VALIDATED = "validated"
 
 
-class SplitRatios(
-    ApiModel,
-    json_schema_extra=cel("self.train + self.valid + self.test == 100", "split percentages must add up to 100"),
-):
+class SplitRatios(ApiModel):
     """Percentages of the annotations that go to each part of the dataset."""
+
+    cel_rules = (
+        Rule(
+            "self.train + self.valid + self.test == 100",
+            "split percentages must add up to 100",
+            lambda split: split.train + split.valid + split.test == 100,
+        ),
+    )
 
     train: int = Field(default=70, ge=1, le=100)
     """Percent of the images used for training."""
@@ -96,7 +123,7 @@ class DatasetSpec(ApiModel):
     """Train/valid/test split in percent (70/20/10 by default)."""
     seed: int = Field(default=0, ge=0)
     """Seed of the shuffle: the same seed and annotations give the same split."""
-    classes_file: str = Field(default="classes.json", min_length=1, max_length=1024)
+    classes_file: Annotated[str, Field(min_length=1, max_length=1024), DATA_ROOT_PATH] = "classes.json"
     """Class definitions, relative to the data root."""
 
 
@@ -129,25 +156,25 @@ class ResourcesSpec(ApiModel):
     gpus: int = Field(default=1, ge=0, le=16)
     """GPUs (nvidia.com/gpu) for the run; 0 trains on CPU and does not wait in the GPU queue."""
     cpu: Quantity | None = None
-    """CPU request and limit, e.g. "8"."""
+    """CPU request and limit, e.g. "8" (a positive quantity)."""
     memory: Quantity | None = None
-    """Memory request and limit, e.g. "48Gi"."""
+    """Memory request and limit, e.g. "48Gi" (a positive quantity)."""
     shm_size: Quantity = "8Gi"
-    """Size of the in-memory /dev/shm that data loader workers share."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Size of the in-memory /dev/shm that data loader workers share (a positive quantity)."""
+    node_selector: Labels = Field(default_factory=dict)
     """Node labels the pod must match."""
-    tolerations: list[Toleration] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_LABELS)
     """Taints the pod tolerates."""
-    runtime_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    runtime_class_name: DnsSubdomain | None = None
     """Container runtime class; defaults to `nvidia` when gpus > 0 (k3s with the NVIDIA toolkit)."""
-    priority_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    priority_class_name: DnsSubdomain | None = None
     """PriorityClass of the training pod (cluster-level preemption)."""
 
 
 class StorageSpec(ApiModel):
     """The data volume with the annotations, datasets and models."""
 
-    claim_name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    claim_name: DnsSubdomain
     """PersistentVolumeClaim holding the data root; the run writes under models/<namespace>/<name>."""
 
 
@@ -189,22 +216,47 @@ class ExportSpec(ApiModel):
 class S3CredentialsRef(ApiModel):
     """A Secret with the S3 access key pair."""
 
-    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    name: DnsSubdomain
     """Name of the Secret."""
-    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    access_key_id_key: SecretKey = "AWS_ACCESS_KEY_ID"
     """Key of the access key id in the Secret."""
-    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a key name, not a secret
+    secret_access_key_key: SecretKey = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a key name, not a secret
     """Key of the secret access key in the Secret."""
+
+
+# What S3 (and MinIO) accept as a bucket name; the AWS-only reserved prefixes
+# and suffixes are left to the store, which may be another S3 implementation.
+_BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+_IPV4_PATTERN = r"^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$"
+S3_BUCKET = Rule(
+    f"self.matches('{_BUCKET_PATTERN}') && !self.contains('..') && !self.matches('{cel_string(_IPV4_PATTERN)}')",
+    "must be an S3 bucket name: 3-63 lowercase letters, digits, '.' and '-', starting and ending with a "
+    "letter or digit, without '..', and not an IP address",
+    lambda bucket: (
+        re.fullmatch(_BUCKET_PATTERN, bucket) is not None
+        and ".." not in bucket
+        and re.fullmatch(_IPV4_PATTERN, bucket) is None
+    ),
+)
+# The trainer strips surrounding '/' and refuses empty, '.' and '..' segments.
+_PREFIX_PATTERN = r"^/*([^/]+(/[^/]+)*)?/*$"
+S3_PREFIX = Rule(
+    f"self.matches('{_PREFIX_PATTERN}') && !self.split('/').exists(p, p == '.' || p == '..')",
+    "must be a key prefix: segments separated by single '/', none of them '.' or '..'",
+    lambda prefix: (
+        re.fullmatch(_PREFIX_PATTERN, prefix) is not None and not any(part in (".", "..") for part in prefix.split("/"))
+    ),
+)
 
 
 class S3Publish(ApiModel):
     """S3-compatible storage the encrypted model is published to."""
 
-    endpoint: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
+    endpoint: Annotated[str, Field(max_length=2048), HTTP_URL] | None = None
     """Endpoint URL (http:// or https://); AWS's when unset."""
-    bucket: str = Field(min_length=3, max_length=63)
-    """Bucket name."""
-    prefix: str = Field(default="models", max_length=1024)
+    bucket: Annotated[str, Field(min_length=3, max_length=63), S3_BUCKET]
+    """Bucket name: 3-63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit."""
+    prefix: Annotated[str, Field(max_length=1024), S3_PREFIX] = "models"
     """Key prefix of published objects."""
     region: str | None = Field(default=None, max_length=64)
     """Region name."""
@@ -214,6 +266,16 @@ class S3Publish(ApiModel):
 
 class PublishSpec(ApiModel):
     """Where the finished model goes."""
+
+    cel_rules = (
+        # The trainer only ever publishes the encrypted model.
+        Rule(
+            "!has(self.s3) || has(self.encryptionKeySecretRef)",
+            "is required to publish to S3 (only the encrypted model is published)",
+            lambda publish: publish.s3 is None or publish.encryption_key_secret_ref is not None,
+            field="encryptionKeySecretRef",
+        ),
+    )
 
     s3: S3Publish | None = None
     """Publish the encrypted model and its manifest to S3-compatible storage."""
@@ -230,21 +292,69 @@ class FailurePolicy(ApiModel):
     """Attempts that may fail (non-zero exit, OOM...) before the run is Failed."""
     max_preemptions: int = Field(default=20, ge=0, le=1000)
     """Pod disruptions (eviction, preemption, node loss) tolerated; they never count as failures."""
-    permanent_exit_codes: list[int] = Field(default_factory=lambda: [EXIT_PERMANENT], max_length=32)
-    """Exit codes that fail the run at once without retry (bad configuration or data)."""
+    # 1-255: what a container can exit with, and the Job refuses 0 in its failure policy.
+    permanent_exit_codes: list[Annotated[int, Field(ge=1, le=255)]] = Field(
+        default_factory=lambda: [EXIT_PERMANENT], max_length=32
+    )
+    """Exit codes (1-255) that fail the run at once without retry (bad configuration or data); empty: always retry."""
     backoff_seconds: int = Field(default=10, ge=0, le=3600)
     """Delay before the first retry; doubles with every failure (capped at 10 minutes)."""
 
 
-_ONE_BASE_MODEL = cel("has(self.model) != has(self.fromRun)", "set exactly one of spec.model and spec.fromRun")
+# Labels of a training pod that others set: the Job controller's (the Job is
+# refused when the template has them) and the operator's own (they would be overwritten).
+RESERVED_POD_LABELS = (
+    "batch.kubernetes.io/controller-uid",
+    "batch.kubernetes.io/job-name",
+    "controller-uid",
+    "job-name",
+    LABEL_ATTEMPT,
+    LABEL_MANAGED_BY,
+    LABEL_TRAININGRUN,
+    "app.kubernetes.io/name",
+)
+_MODEL_SUFFIXES = (".pt", ".yaml", ".yml")
 
 
-class TrainingRunSpec(ApiModel, json_schema_extra=_ONE_BASE_MODEL):
+def _is_model(model: str) -> bool:
+    return model.endswith(_MODEL_SUFFIXES) and is_data_root_path(model)
+
+
+class TrainingRunSpec(ApiModel):
     """Desired state of a TrainingRun."""
 
-    model: str | None = Field(default=None, min_length=1, max_length=1024)
+    cel_rules = (
+        Rule(
+            "has(self.model) != has(self.fromRun)",
+            "set exactly one of spec.model and spec.fromRun",
+            lambda spec: (spec.model is None) != (spec.from_run is None),
+        ),
+        # The trainer skips TensorRT without a CUDA device: say so at apply time.
+        Rule(
+            "!self.export.tensorrt.enabled || self.resources.gpus > 0",
+            "needs resources.gpus > 0 (a TensorRT engine is built on the GPU it runs on)",
+            lambda spec: not spec.export.tensorrt.enabled or spec.resources.gpus > 0,
+            field="export.tensorrt.enabled",
+        ),
+    )
+
+    model: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=1024),
+            Rule(
+                "(self.endsWith('.pt') || self.endsWith('.yaml') || self.endsWith('.yml'))"
+                " && !self.startsWith('/') && !self.split('/').exists(p, p == '..')",
+                "must be a model .yaml name (yolo26m.yaml) or a .pt/.yaml path relative to the data root "
+                "(not starting with '/', without '..')",
+                _is_model,
+            ),
+        ]
+        | None
+    ) = None
     """Base model: a model YAML name (yolo26m.yaml) or a .pt file relative to the data root."""
-    from_run: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    # A TrainingRun's name has at most 63 characters (the CRD's metadata.name rule).
+    from_run: Annotated[str, Field(min_length=1, max_length=63), DNS_SUBDOMAIN] | None = None
     """Fine-tune the best model of this (succeeded) TrainingRun in the same namespace."""
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     """Dataset formation."""
@@ -252,7 +362,7 @@ class TrainingRunSpec(ApiModel, json_schema_extra=_ONE_BASE_MODEL):
     """Training arguments."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     """Compute resources and placement."""
-    image: str | None = Field(default=None, min_length=1, max_length=1024)
+    image: Image | None = None
     """Training image; the operator's configured default when unset. Recorded in status at start."""
     storage: StorageSpec
     """The data volume."""
@@ -274,17 +384,17 @@ class TrainingRunSpec(ApiModel, json_schema_extra=_ONE_BASE_MODEL):
     """Restart a trainer whose progress heartbeat is older than this (a hung process)."""
     termination_grace_period_seconds: int = Field(default=300, ge=30, le=86400)
     """Time a stopping trainer gets to write its checkpoint."""
-    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    pod_annotations: Annotations = Field(default_factory=dict)
     """Extra annotations on the training pod."""
-    pod_labels: dict[str, str] = Field(default_factory=dict)
+    pod_labels: Annotated[
+        Labels,
+        Rule(
+            f"!self.exists(k, k in {list(RESERVED_POD_LABELS)})",
+            f"may not set the labels the Job controller and the operator set: {', '.join(RESERVED_POD_LABELS)}",
+            lambda labels: not set(labels) & set(RESERVED_POD_LABELS),
+        ),
+    ] = Field(default_factory=dict)
     """Extra labels on the training pod."""
-
-    @model_validator(mode="after")
-    def _one_base_model(self) -> TrainingRunSpec:
-        # Mirrors the CRD's CEL rule for objects built outside the API server.
-        if (self.model is None) == (self.from_run is None):
-            raise ValueError("set exactly one of spec.model and spec.fromRun")
-        return self
 
 
 class Phase(StrEnum):

@@ -96,23 +96,24 @@ def build_job(
     labels = {**run_labels(name), LABEL_ATTEMPT: str(attempt)}
     vols, mounts = volumes(spec, config.data_mount_path)
     runtime_class = spec.resources.runtime_class_name or ("nvidia" if spec.resources.gpus > 0 else None)
-    failure_rules = [
-        {
-            # Bad configuration or data: another attempt would fail the same way.
-            "action": "FailJob",
-            "onExitCodes": {
-                "containerName": TRAINER_CONTAINER,
-                "operator": "In",
-                "values": sorted(set(spec.failure_policy.permanent_exit_codes)),
-            },
-        },
+    failure_rules: list[dict[str, Any]] = []
+    permanent = sorted(set(spec.failure_policy.permanent_exit_codes))
+    if permanent:  # the Job refuses a rule without exit codes; none means every failure is retried
+        failure_rules.append(
+            {
+                # Bad configuration or data: another attempt would fail the same way.
+                "action": "FailJob",
+                "onExitCodes": {"containerName": TRAINER_CONTAINER, "operator": "In", "values": permanent},
+            }
+        )
+    failure_rules.append(
         {
             # Eviction, preemption, node drain: not the trainer's fault. The Job
             # replaces the pod (after the old one is gone) and it resumes.
             "action": "Ignore",
             "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
-        },
-    ]
+        }
+    )
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": trainer_service_account(name),
