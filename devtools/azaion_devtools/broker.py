@@ -10,10 +10,12 @@ streams with rstream, as any client would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,11 @@ def _server_binary() -> str | None:
     # switches to the rabbitmq user and its home, which a private node must avoid.
     found = shutil.which("rabbitmq-server")
     return found if found and not found.startswith("/usr/sbin") else None
+
+
+def broker_installed() -> bool:
+    """Whether a private broker can run here (rabbitmq-server and epmd)."""
+    return _server_binary() is not None and shutil.which("epmd") is not None
 
 
 class LocalRabbitMQ:
@@ -306,3 +313,18 @@ async def query_server_offset(endpoint: StreamEndpoint, stream: str, reference: 
             return int(await consumer.query_offset(stream, reference))
         except OffsetNotFound:
             return None
+
+
+@contextlib.contextmanager
+def private_broker(prefix: str, host: str = "127.0.0.1") -> Iterator[LocalRabbitMQ]:
+    """A started private broker under a fresh temporary directory, stopped and removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        broker = LocalRabbitMQ(base, host=host)
+        try:
+            broker.start()
+            yield broker
+        finally:
+            broker.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from azaion_devtools.broker import LocalRabbitMQ
+from azaion_devtools.broker import LocalRabbitMQ, broker_installed, private_broker
 from azaion_devtools.cluster import REPO, Cluster, local_cluster_env
 from azaion_devtools.processes import ManagedProcess, free_port, port_open, wait_until
 from tests.fixtures.s3 import S3Server
@@ -253,15 +250,7 @@ def pod_s3(request: pytest.FixtureRequest, host_address: str, tmp_path_factory) 
 @pytest.fixture(scope="session")
 def pod_rabbitmq(host_address: str) -> Iterator[LocalRabbitMQ]:
     """A private RabbitMQ with streams, listening where pods reach it."""
-    base = Path(tempfile.mkdtemp(prefix="azaion-e2e-rabbitmq-"))
-    try:
-        broker = LocalRabbitMQ(base, host=host_address)
-    except FileNotFoundError as missing:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(f"{missing} (apt-get install rabbitmq-server)")
-    try:
-        broker.start()
+    if not broker_installed():
+        pytest.fail("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+    with private_broker("azaion-e2e-rabbitmq-", host=host_address) as broker:
         yield broker
-    finally:
-        broker.close()
-        shutil.rmtree(base, ignore_errors=True)

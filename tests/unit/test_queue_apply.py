@@ -61,28 +61,15 @@ LABEL = wire.yolo_label([wire.Box(3, 0.5, 0.5, 0.25, 0.125)])
 
 def test_creator_role_picks_the_directory(tmp_path: Path) -> None:
     image = wire.tiny_image(1)
-    tree = apply_all(
-        tmp_path,
-        [
-            annotation("by-operator", "Operator", image=image),
-            annotation("by-validator", "Validator", image=image),
-            annotation("by-admin", "Admin", image=image),
-            annotation("by-api-admin", "ApiAdmin", image=image),
-            annotation("by-companion", "CompanionPC", image=image),
-        ],
-    )
-    assert tree == {
-        "data-seed/images/by-operator.jpg": image,
-        "data-seed/labels/by-operator.txt": LABEL,
-        "data/images/by-validator.jpg": image,
-        "data/labels/by-validator.txt": LABEL,
-        "data/images/by-admin.jpg": image,
-        "data/labels/by-admin.txt": LABEL,
-        "data/images/by-api-admin.jpg": image,
-        "data/labels/by-api-admin.txt": LABEL,
-        "data-seed/images/by-companion.jpg": image,
-        "data-seed/labels/by-companion.txt": LABEL,
-    }
+    # Validators (and admins) write to data/, everyone else to data-seed/.
+    seed, data = "data-seed", "data"
+    directory = {"Operator": seed, "CompanionPC": seed, "Validator": data, "Admin": data, "ApiAdmin": data}
+    tree = apply_all(tmp_path, [annotation(f"by-{role}", role, image=image) for role in directory])
+    expected: dict[str, bytes] = {}
+    for role, base in directory.items():
+        expected[f"{base}/images/by-{role}.jpg"] = image
+        expected[f"{base}/labels/by-{role}.txt"] = LABEL
+    assert tree == expected
     assert LABEL == b"3 0.5 0.5 0.25 0.125\n"
 
 

@@ -9,20 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from azaion_contract.api import ANNOTATIONCONSUMER_KIND, ANNOTATIONCONSUMER_PLURAL
+from azaion_contract.models import rules
 from azaion_contract.models.common import ApiModel, ReconciledStatus, SecretKeyRef, Toleration
-from azaion_contract.models.rules import (
-    HOST,
-    MAX_LABELS,
-    RFC3339_PATTERN,
-    DnsSubdomain,
-    Image,
-    Labels,
-    Quantity,
-    Rule,
-    SecretKey,
-    cel_string,
-    is_rfc3339,
-)
 
 KIND = ANNOTATIONCONSUMER_KIND
 PLURAL = ANNOTATIONCONSUMER_PLURAL
@@ -49,11 +37,11 @@ def duration_seconds(value: str) -> int:
 class RabbitMQCredentialsRef(ApiModel):
     """A Secret with the stream user's name and password."""
 
-    name: DnsSubdomain
+    name: rules.DnsSubdomain
     """Name of the Secret."""
-    username_key: SecretKey = "username"
+    username_key: rules.SecretKey = "username"
     """Key of the user name in the Secret."""
-    password_key: SecretKey = "password"  # noqa: S105 - a key name, not a secret
+    password_key: rules.SecretKey = "password"  # noqa: S105 - a key name, not a secret
     """Key of the password in the Secret."""
 
 
@@ -62,7 +50,7 @@ class TLSSpec(ApiModel):
 
     cel_rules = (
         # A CA that is never used is a mistake (TLS forgotten), not a setting.
-        Rule(
+        rules.Rule(
             "!has(self.caSecretRef) || self.enabled",
             "a CA certificate needs enabled: true (TLS is off)",
             lambda tls: tls.ca_secret_ref is None or tls.enabled,
@@ -79,7 +67,7 @@ class TLSSpec(ApiModel):
 class RabbitMQSpec(ApiModel):
     """Where the annotation stream lives."""
 
-    host: Annotated[str, Field(min_length=1, max_length=253), HOST]
+    host: Annotated[str, Field(min_length=1, max_length=253), rules.HOST]
     """Broker host name or IP address (the port, TLS and credentials have fields of their own)."""
     port: int = Field(default=5552, ge=1, le=65535)
     """Stream protocol port."""
@@ -96,16 +84,16 @@ class RabbitMQSpec(ApiModel):
 class DataVolumeSpec(ApiModel):
     """The data volume the annotations are written to."""
 
-    claim_name: DnsSubdomain
+    claim_name: rules.DnsSubdomain
     """PersistentVolumeClaim holding the data root."""
 
 
 class OffsetVolumeSpec(ApiModel):
     """The consumer's own volume for its stream offset."""
 
-    size: Quantity = "1Gi"
+    size: rules.Quantity = "1Gi"
     """Requested size (a positive quantity)."""
-    storage_class_name: DnsSubdomain | None = None
+    storage_class_name: rules.DnsSubdomain | None = None
     """StorageClass; the cluster default when unset."""
     delete_policy: Literal["Retain", "Delete"] = "Retain"
     """Retain keeps the volume (and the offset) when the resource is deleted; Delete removes it."""
@@ -114,13 +102,13 @@ class OffsetVolumeSpec(ApiModel):
 class ConsumerResources(ApiModel):
     """CPU, memory and placement of the consumer pod."""
 
-    cpu: Quantity | None = None
+    cpu: rules.Quantity | None = None
     """CPU request and limit (a positive quantity)."""
-    memory: Quantity | None = None
+    memory: rules.Quantity | None = None
     """Memory request and limit (a positive quantity)."""
-    node_selector: Labels = Field(default_factory=dict)
+    node_selector: rules.Labels = Field(default_factory=dict)
     """Node labels the pod must match (the node that mounts the data volume, on a multi-node cluster)."""
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_LABELS)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=rules.MAX_LABELS)
     """Taints the pod tolerates."""
 
 
@@ -137,7 +125,7 @@ class DiskThresholds(ApiModel):
     """Data-volume usage thresholds."""
 
     cel_rules = (
-        Rule(
+        rules.Rule(
             "self.warnPercent < self.criticalPercent",
             "must be below criticalPercent (the warning comes before consuming stops)",
             lambda disk: disk.warn_percent < disk.critical_percent,
@@ -154,7 +142,7 @@ class DiskThresholds(ApiModel):
 class AnnotationConsumerSpec(ApiModel):
     """Desired state of an AnnotationConsumer."""
 
-    image: Image | None = None
+    image: rules.Image | None = None
     """Consumer image; the operator's configured default when unset."""
     rabbitmq: RabbitMQSpec
     """The stream to read."""
@@ -169,11 +157,11 @@ class AnnotationConsumerSpec(ApiModel):
         Field(max_length=64),
         # timestamp() fails on a time that does not exist (February 30th, hour 25):
         # the API server then refuses the object with this rule's message.
-        Rule(
-            f"self in ['first', 'last', 'next'] || (self.matches('{cel_string(RFC3339_PATTERN)}')"
+        rules.Rule(
+            f"self in ['first', 'last', 'next'] || (self.matches('{rules.cel_string(rules.RFC3339_PATTERN)}')"
             " && timestamp(self) >= timestamp('0001-01-01T00:00:00Z'))",
             "must be first, last, next or an RFC 3339 time that exists, e.g. 2026-01-31T12:00:00Z",
-            lambda value: value in ("first", "last", "next") or is_rfc3339(value),
+            lambda value: value in ("first", "last", "next") or rules.is_rfc3339(value),
         ),
     ] = "first"
     """Where to start when no offset is stored: first, last, next, or an RFC 3339 time."""
@@ -184,7 +172,7 @@ class AnnotationConsumerSpec(ApiModel):
     stall_after: Annotated[
         str,
         Field(max_length=32),
-        Rule(
+        rules.Rule(
             f"self.matches('{DURATION_PATTERN}') && duration(self) > duration('0s')",
             "must be a positive duration of hours, minutes and seconds, e.g. 30m or 1h30m",
             lambda value: (

@@ -42,15 +42,8 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class _Replace:
-    source: str
-    destination: str
-
-
-@dataclass(frozen=True)
-class _Unlink:
-    path: str
+#: (source, destination): ``source`` renamed to ``destination``; with None, ``source`` unlinked.
+_Operation = tuple[str, str | None]
 
 
 @dataclass
@@ -58,7 +51,7 @@ class StagedTree:
     """File operations of one batch; paths are strings (this runs for every message)."""
 
     pending: PendingDirectories
-    _operations: list[_Replace | _Unlink] = field(default_factory=list)
+    _operations: list[_Operation] = field(default_factory=list)
     #: Final path -> where its bytes are now (a temporary file, the path it is moved
     #: from), or None when the batch removed it. Paths not here are as on disk.
     _view: dict[str, str | None] = field(default_factory=dict)
@@ -102,7 +95,7 @@ class StagedTree:
             os.unlink(temporary)
             raise
         self._temporary.append(temporary)
-        self._operations.append(_Replace(temporary, final))
+        self._operations.append((temporary, final))
         self._view[final] = temporary
 
     def move(self, source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> bool:
@@ -112,7 +105,7 @@ class StagedTree:
         if where is None:
             return False
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        self._operations.append(_Replace(origin, target))
+        self._operations.append((origin, target))
         self._view[target], self._view[origin] = where, None
         return True
 
@@ -121,7 +114,7 @@ class StagedTree:
         target = os.fspath(path)
         if self._where(target) is None:
             return False
-        self._operations.append(_Unlink(target))
+        self._operations.append((target, None))
         self._view[target] = None
         return True
 
@@ -142,13 +135,14 @@ class StagedTree:
         self._temporary.clear()
         return done
 
-    def _perform(self, operation: _Replace | _Unlink) -> None:
-        if isinstance(operation, _Replace):
-            os.replace(operation.source, operation.destination)
-            self.pending.add(os.path.dirname(operation.source), os.path.dirname(operation.destination))
+    def _perform(self, operation: _Operation) -> None:
+        source, destination = operation
+        if destination is not None:
+            os.replace(source, destination)
+            self.pending.add(os.path.dirname(source), os.path.dirname(destination))
             return
         try:
-            os.unlink(operation.path)
+            os.unlink(source)
         except FileNotFoundError:
             return
-        self.pending.add(os.path.dirname(operation.path))
+        self.pending.add(os.path.dirname(source))
