@@ -1,7 +1,7 @@
 """Throughput of the annotation consumer, next to two baselines in the same process.
 
-    .venv/bin/python -m bench.consumer                  # private broker, 10,000 x 50 KB
-    .venv/bin/python -m bench.consumer --messages 2000 --rabbitmq 127.0.0.1:5552
+    .venv/bin/python -m bench.consumer                  # private broker, 10,000 each of 2, 48, 500 KiB
+    .venv/bin/python -m bench.consumer --messages 2000 --image-kb 48 --rabbitmq 127.0.0.1:5552
 
 Three consumers read the same stream from its first message:
 
@@ -11,11 +11,15 @@ Three consumers read the same stream from its first message:
             the offset file rewritten in place and fsynced (how the original
             stored offsets: after each message);
 * consumer: the real consumer (``StreamConsumer``): the same decoding and
-            writes, directory fsyncs and offset writes batched (every 500
-            messages or 1 s).
+            writes, group-committed (a batch of up to 500 messages or 1 s made
+            durable together, then its offset stored).
 
 Each applies to a fresh data root on the same disk (``--data-dir``, default a
-temporary directory). Figures are messages per second and ratios between them.
+temporary directory). Figures are messages per second and ratios between them,
+and how much the process's peak RSS grew during each run. Last, a latency run:
+messages published at a steady ``--latency-rate`` while the consumer runs,
+and the time from each message's broker timestamp to its offset being stored
+(p50, p99).
 """
 
 from __future__ import annotations
@@ -131,10 +135,115 @@ async def consumer(endpoint: StreamEndpoint, stream: str, last: int, root: Path)
     return finished[0] - started
 
 
+async def latency(endpoint: StreamEndpoint, stream: str, root: Path, rate: float, seconds: float) -> list[float]:
+    """Broker timestamp -> offset stored, in seconds, for each message published at a steady ``rate``."""
+    config = load_config(
+        {
+            "RABBITMQ_HOST": endpoint.host,
+            "RABBITMQ_PORT": str(endpoint.port),
+            "RABBITMQ_USER": endpoint.user,
+            "RABBITMQ_PASSWORD": endpoint.password,
+            "RABBITMQ_STREAM": stream,
+            "QUEUE_CONSUMER_NAME": f"bench-latency-{uuid.uuid4().hex[:6]}",
+            "QUEUE_OFFSET_FILE": str(root / "state" / "offset.yaml"),
+            "QUEUE_START_FROM": "next",
+            "AZAION_ROOT_DIR": str(root),
+        }
+    )
+    queue = StreamConsumer(config)
+    stamps: dict[int, int] = {}  # offset -> broker timestamp (ms)
+    delays: list[float] = []
+    process, committed = queue.processor.process, queue._committed
+
+    def recording_process(raw: bytes, offset: int, stored_at_ms: int | None, *rest: Any) -> Any:
+        stamps[offset] = stored_at_ms or 0
+        return process(raw, offset, stored_at_ms, *rest)
+
+    def recording_committed(snapshot: Any) -> None:
+        now_ms = time.time() * 1000
+        for offset in [o for o in stamps if o <= snapshot.offset]:
+            delays.append((now_ms - stamps.pop(offset)) / 1000)
+        committed(snapshot)
+
+    queue.processor.process = recording_process  # type: ignore[method-assign]
+    queue._committed = recording_committed  # type: ignore[method-assign]
+    steady = messages(int(rate * seconds), 48 * 1024)
+
+    async def publish_steadily() -> None:
+        while not queue.state.connected:
+            await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        for index, message in enumerate(steady):
+            await asyncio.sleep(max(0.0, started + index / rate - time.perf_counter()))
+            await publish(endpoint, stream, [message])
+        await asyncio.sleep(2 * config.settings.commit_interval_ms / 1000 + 1)
+        queue.request_stop("benchmark done")
+
+    publisher = asyncio.create_task(publish_steadily())
+    assert await queue.run() == 0
+    await publisher
+    return delays
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def peak_rss_growth(run: Any) -> tuple[Any, float]:
+    """``run``'s result, and how far this process's resident memory rose above its start meanwhile."""
+    start, peak = rss_mib(), [0.0]
+
+    async def sample() -> None:
+        while True:
+            peak[0] = max(peak[0], rss_mib() - start)
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        return await run, peak[0]
+    finally:
+        sampler.cancel()
+
+
+def throughput(endpoint: StreamEndpoint, work: Path, count: int, image_kb: int, repeat: int) -> None:
+    """The three consumers over one stream of ``count`` Created messages with ``image_kb`` KiB images."""
+    stream = f"azaion-bench-{uuid.uuid4().hex[:8]}"
+    batch = messages(count, image_kb * 1024)
+    size = sum(len(m.body) for m in batch) / len(batch)
+    asyncio.run(create_stream(endpoint, stream))
+    started = time.perf_counter()
+    asyncio.run(publish(endpoint, stream, batch))
+    print(f"published {len(batch)} messages of {size / 1024:.0f} KiB in {time.perf_counter() - started:.1f} s")
+    last = len(batch) - 1  # nothing else writes to this stream before the runs
+    del batch
+
+    rates: dict[str, list[float]] = {"ceiling": [], "original": [], "consumer": []}
+    runs = {"ceiling": ceiling, "original": original, "consumer": consumer}
+    for attempt in range(repeat):  # interleaved, so a noisy neighbour hits all alike
+        for name, run in runs.items():
+            root = work / f"{name}-{image_kb}-{attempt}"
+            root.mkdir()
+            seconds, grown = asyncio.run(peak_rss_growth(run(endpoint, stream, last, root)))
+            rates[name].append((last + 1) / seconds)
+            print(f"{name:>9}: {rates[name][-1]:8.0f} messages/s  ({seconds:.1f} s; RSS grew at most {grown:.0f} MiB)")
+            shutil.rmtree(root, ignore_errors=True)
+
+    best = {name: max(values) for name, values in rates.items()}
+    if repeat > 1:
+        print("best of", repeat, ": " + ", ".join(f"{n} {r:.0f}/s" for n, r in best.items()))
+    print(f"consumer / ceiling:  {best['consumer'] / best['ceiling']:.3f}")
+    print(f"consumer / original: {best['consumer'] / best['original']:.2f}x")
+    print(f"a 100,000-message backlog of these: {100_000 / best['consumer'] / 60:.1f} min for the consumer")
+    asyncio.run(delete_stream(endpoint, stream))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--image-kb", type=int, default=50)
+    parser.add_argument("--image-kb", type=int, nargs="+", default=[2, 48, 500], help="one run per image size")
+    parser.add_argument("--latency-rate", type=float, default=100.0, help="messages/s of the latency run (0: none)")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--repeat", type=int, default=1, help="interleaved runs of each; the best counts")
     parser.add_argument(
         "--rabbitmq", metavar="HOST:PORT", help="use this broker (guest/guest) instead of a private one"
@@ -152,32 +261,20 @@ def main() -> None:
             broker = LocalRabbitMQ(work / "broker")
             broker.start()
             endpoint = broker.endpoint
-        stream = f"azaion-bench-{uuid.uuid4().hex[:8]}"
-        batch = messages(args.messages, args.image_kb * 1024)
-        size = sum(len(m.body) for m in batch) / len(batch)
-        asyncio.run(create_stream(endpoint, stream))
-        started = time.perf_counter()
-        asyncio.run(publish(endpoint, stream, batch))
-        print(f"published {len(batch)} messages of {size / 1024:.0f} KiB in {time.perf_counter() - started:.1f} s")
-        last = len(batch) - 1  # nothing else writes to this stream before the runs
-
-        rates: dict[str, list[float]] = {"ceiling": [], "original": [], "consumer": []}
-        runs = {"ceiling": ceiling, "original": original, "consumer": consumer}
-        for attempt in range(args.repeat):  # interleaved, so a noisy neighbour hits all alike
-            for name, run in runs.items():
-                root = work / f"{name}-{attempt}"
-                root.mkdir()
-                seconds = asyncio.run(run(endpoint, stream, last, root))
-                rates[name].append(len(batch) / seconds)
-                print(f"{name:>9}: {rates[name][-1]:8.0f} messages/s  ({seconds:.1f} s)")
-                shutil.rmtree(root, ignore_errors=True)
-
-        best = {name: max(values) for name, values in rates.items()}
-        if args.repeat > 1:
-            print("best of", args.repeat, ": " + ", ".join(f"{n} {r:.0f}/s" for n, r in best.items()))
-        print(f"consumer / ceiling:  {best['consumer'] / best['ceiling']:.3f}")
-        print(f"consumer / original: {best['consumer'] / best['original']:.2f}x")
-        asyncio.run(delete_stream(endpoint, stream))
+        for image_kb in args.image_kb:
+            throughput(endpoint, work, args.messages, image_kb, args.repeat)
+        if args.latency_rate > 0:
+            stream = f"azaion-bench-{uuid.uuid4().hex[:8]}"
+            asyncio.run(create_stream(endpoint, stream))
+            root = work / "latency"
+            root.mkdir()
+            delays = sorted(asyncio.run(latency(endpoint, stream, root, args.latency_rate, args.latency_seconds)))
+            p50, p99 = delays[len(delays) // 2], delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+            print(
+                f"latency at {args.latency_rate:.0f} msg/s, broker timestamp -> offset stored "
+                f"({len(delays)} messages): p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+            )
+            asyncio.run(delete_stream(endpoint, stream))
     finally:
         if broker is not None:
             broker.close()

@@ -77,10 +77,13 @@ class PeriodicTasks:
         period = max(TAIL_PROBE_SECONDS, self.status_interval_seconds)
         warned_behind = False
         while True:
-            tail = await probe.tail()
             st = self.state
+            # Compared with the position before the probe: messages applied while it ran
+            # are newer than the tail it saw, and must not look like a recreated stream.
+            position = st.processed_offset
+            tail = await probe.tail()
             st.observe_tail(tail, time.monotonic())
-            behind = tail is not None and st.processed_offset is not None and tail < st.processed_offset
+            behind = tail is not None and position is not None and tail < position
             if behind and not warned_behind:
                 # Offsets never go back in a stream: it was deleted and created anew,
                 # and the stored offset would skip its first messages.
