@@ -105,8 +105,9 @@ async def original(endpoint: StreamEndpoint, stream: str, last: int, root: Path)
     return await _consume(endpoint, stream, last, handle)
 
 
-async def consumer(endpoint: StreamEndpoint, stream: str, last: int, root: Path) -> float:
-    config = load_config(
+def consumer_config(endpoint: StreamEndpoint, stream: str, root: Path, **settings: str) -> Any:
+    """The real consumer's configuration, as its environment would give it."""
+    return load_config(
         {
             "RABBITMQ_HOST": endpoint.host,
             "RABBITMQ_PORT": str(endpoint.port),
@@ -116,8 +117,13 @@ async def consumer(endpoint: StreamEndpoint, stream: str, last: int, root: Path)
             "QUEUE_CONSUMER_NAME": f"bench-{uuid.uuid4().hex[:6]}",
             "QUEUE_OFFSET_FILE": str(root / "state" / "offset.yaml"),
             "AZAION_ROOT_DIR": str(root),
+            **settings,
         }
     )
+
+
+async def consumer(endpoint: StreamEndpoint, stream: str, last: int, root: Path) -> float:
+    config = consumer_config(endpoint, stream, root)
     queue = StreamConsumer(config)
     finished: list[float] = []
 
@@ -137,19 +143,7 @@ async def consumer(endpoint: StreamEndpoint, stream: str, last: int, root: Path)
 
 async def latency(endpoint: StreamEndpoint, stream: str, root: Path, rate: float, seconds: float) -> list[float]:
     """Broker timestamp -> offset stored, in seconds, for each message published at a steady ``rate``."""
-    config = load_config(
-        {
-            "RABBITMQ_HOST": endpoint.host,
-            "RABBITMQ_PORT": str(endpoint.port),
-            "RABBITMQ_USER": endpoint.user,
-            "RABBITMQ_PASSWORD": endpoint.password,
-            "RABBITMQ_STREAM": stream,
-            "QUEUE_CONSUMER_NAME": f"bench-latency-{uuid.uuid4().hex[:6]}",
-            "QUEUE_OFFSET_FILE": str(root / "state" / "offset.yaml"),
-            "QUEUE_START_FROM": "next",
-            "AZAION_ROOT_DIR": str(root),
-        }
-    )
+    config = consumer_config(endpoint, stream, root, QUEUE_START_FROM="next")
     queue = StreamConsumer(config)
     stamps: dict[int, int] = {}  # offset -> broker timestamp (ms)
     delays: list[float] = []
