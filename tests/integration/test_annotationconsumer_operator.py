@@ -325,3 +325,27 @@ def test_a_child_the_api_server_refuses_is_a_condition_quoting_it_and_recovers(
     core.delete_namespaced_resource_quota("claims", namespace)
     wait_until(lambda: deployment(api_client, namespace, "quota") is not None, 90, "the Deployment after the fix")
     wait_until(lambda: condition(api_client, namespace, "quota", "Reconciled").get("status") == "True", 20, "fixed")
+
+
+def test_a_pod_no_node_can_run_is_named_in_available_with_one_event_until_the_spec_is_fixed(
+    api_client, namespace, rabbitmq_secret
+):
+    nowhere = {"nodeSelector": {"azaion.local/no-such-node": "true"}}
+    create(api_client, namespace, annotationconsumer("nowhere", resources=nowhere))
+
+    def named() -> bool:
+        return condition(api_client, namespace, "nowhere", "Available").get("reason") == "Unschedulable"
+
+    wait_until(named, 60, "the scheduler's reason in the Available condition")
+    available = condition(api_client, namespace, "nowhere", "Available")
+    assert available["status"] == "False" and "node" in available["message"]
+    threading.Event().wait(5)  # a few resyncs later: still one Event for the cause
+    assert len(events_of(api_client, namespace, "nowhere", "Unschedulable")) == 1
+
+    custom(api_client).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "nowhere", {"spec": {"resources": {"nodeSelector": None}}}
+    )
+    wait_until(
+        lambda: status_of(api_client, namespace, "nowhere").get("phase") == "Running", 90, "Running after the fix"
+    )
+    assert condition(api_client, namespace, "nowhere", "Available")["status"] == "True"

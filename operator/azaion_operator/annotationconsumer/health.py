@@ -67,8 +67,14 @@ def assess(
     status: dict[str, Any],
     deployment: dict[str, Any] | None,
     now: datetime,
+    pod_issue: tuple[str, str] | None = None,
 ) -> Health:
-    """Phase and the Available, Progressing, Stalled and DiskPressure conditions."""
+    """Phase and the Available, Progressing, Stalled and DiskPressure conditions.
+
+    ``pod_issue`` is why the consumer's pod cannot start (see
+    :func:`~azaion_operator.kit.pods.pod_problem`): while it is not available,
+    that names the cause in the Available condition, with one Event per cause.
+    """
     health = Health()
     stamp, generation = timestamp(now), meta.get("generation", 1)
     reported_status = AnnotationConsumerStatus.model_validate(status)
@@ -85,6 +91,7 @@ def assess(
     available = _deployment_condition(deployment, "Available")
     progressing = _deployment_condition(deployment, "Progressing")
     is_available = available.get("status") == "True"
+    blocked = pod_issue is not None and not is_available
 
     stall_after = duration_seconds(spec.stall_after)
     reported = parse_rfc3339_or_none(reported_status.reported_at)
@@ -113,8 +120,8 @@ def assess(
         condition(
             "Available",
             is_available,
-            available.get("reason") or "DeploymentNotAvailable",
-            available.get("message") or "the consumer Deployment is not available",
+            pod_issue[0] if blocked else available.get("reason") or "DeploymentNotAvailable",
+            pod_issue[1] if blocked else available.get("message") or "the consumer Deployment is not available",
             stamp,
             generation,
         ),
@@ -136,6 +143,8 @@ def assess(
         conditions.append(carried)  # owned by the reconcile of the spec, not by this assessment
     previous = {c.get("type"): c for c in status.get("conditions") or []}
     keep_transition_times(conditions, status.get("conditions"))
+    if pod_issue is not None and blocked and previous.get("Available", {}).get("reason") != pod_issue[0]:
+        health.events.append(("Warning", pod_issue[0], pod_issue[1]))
     for entry in conditions:
         flipped = previous.get(entry["type"], {}).get("status", "False") != entry["status"]
         if entry["type"] in ("Stalled", "DiskPressure") and flipped:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from kubernetes.client.exceptions import ApiException
 
+from azaion_contract import LABEL_ANNOTATIONCONSUMER
 from azaion_contract.models.annotationconsumer import KIND, PLURAL, AnnotationConsumerSpec, AnnotationConsumerStatus
 from azaion_operator import metrics
 from azaion_operator.annotationconsumer.builders import (
@@ -26,6 +27,8 @@ from azaion_operator.annotationconsumer.builders import (
 from azaion_operator.annotationconsumer.health import ChildProblem, assess, changed, reconciled
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit import kube
+from azaion_operator.kit.conditions import find_in
+from azaion_operator.kit.pods import pod_problem
 
 Key = tuple[str, str]
 
@@ -135,7 +138,12 @@ def refresh_health(namespace: str, name: str) -> None:
         spec = AnnotationConsumerSpec.model_validate(consumer["spec"])
         status = consumer.get("status") or {}
         deployment = kube.read_deployment(namespace, deployment_name(name))
-        health = assess(consumer["metadata"], spec, status, deployment, datetime.now(UTC))
+        available = (find_in(deployment, "Available") or {}).get("status") == "True"
+        # Only while it is not available: the pods say why (scheduling, image, a missing Secret).
+        pods = (
+            [] if deployment is None or available else kube.list_pods(namespace, f"{LABEL_ANNOTATIONCONSUMER}={name}")
+        )
+        health = assess(consumer["metadata"], spec, status, deployment, datetime.now(UTC), pod_problem(pods))
         if changed(status, health.status):
             kube.patch_status(PLURAL, namespace, name, health.status)
         for event_type, reason, message in health.events:

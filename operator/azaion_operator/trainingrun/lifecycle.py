@@ -17,7 +17,8 @@ from azaion_contract.models.trainingrun import AttemptRecord, Phase, TrainingRun
 from azaion_contract.timefmt import parse_rfc3339_or_none, rfc3339
 from azaion_operator.kit.conditions import condition, find, keep_transition_times
 from azaion_operator.kit.names import job_name
-from azaion_operator.trainingrun.outcomes import AttemptOutcome, classify, is_disrupted, pod_problem
+from azaion_operator.kit.pods import pod_problem
+from azaion_operator.trainingrun.outcomes import AttemptOutcome, classify, is_disrupted
 
 MAX_BACKOFF = timedelta(minutes=10)
 TERMINAL = {Phase.SUCCEEDED.value, Phase.FAILED.value}

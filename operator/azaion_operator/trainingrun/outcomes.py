@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from azaion_contract import TRAINER_CONTAINER
-from azaion_operator.kit.conditions import find, find_in
+from azaion_operator.kit.conditions import find_in
 
 OutcomeKind = Literal["Running", "Succeeded", "Failed", "Preempted", "PermanentError", "DeadlineExceeded"]
 
@@ -94,19 +94,3 @@ def classify(job: dict[str, Any], pods: list[dict[str, Any]]) -> AttemptOutcome:
         reason = pod_reason or "Error"
         return AttemptOutcome("Failed", reason, f"the trainer failed with exit code {exit_code} ({reason})", exit_code)
     return AttemptOutcome("Failed", job_reason or "JobFailed", f"the training Job failed: {job_message}")
-
-
-def pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
-    """A reason the active attempt cannot make progress yet (image pull, scheduling)."""
-    for pod in pods:
-        status = pod.get("status") or {}
-        for container in status.get("containerStatuses") or []:
-            waiting = (container.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in {"ImagePullBackOff", "ErrImagePull", "InvalidImageName"}:
-                return "ImagePullBackOff", f"cannot pull image {container.get('image')}: {waiting.get('message', '')}"
-            if waiting.get("reason") == "CreateContainerConfigError":
-                return "CreateContainerConfigError", waiting.get("message", "")
-        scheduled = find(status.get("conditions"), "PodScheduled")
-        if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-            return "Unschedulable", scheduled.get("message", "no node can run the training pod")
-    return None
