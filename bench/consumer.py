@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rstream import Consumer, ConsumerOffsetSpecification, OffsetType
+from rstream import Consumer, ConsumerOffsetSpecification, OffsetType, Producer
 
 from azaion_devtools import wire
 from azaion_devtools.broker import LocalRabbitMQ, StreamEndpoint, create_stream, delete_stream, publish
@@ -163,19 +163,27 @@ async def latency(endpoint: StreamEndpoint, stream: str, root: Path, rate: float
     queue._committed = recording_committed  # type: ignore[method-assign]
     steady = messages(int(rate * seconds), 48 * 1024)
 
+    achieved: list[float] = []
+
     async def publish_steadily() -> None:
         while not queue.state.connected:
             await asyncio.sleep(0.05)
-        started = time.perf_counter()
-        for index, message in enumerate(steady):
-            await asyncio.sleep(max(0.0, started + index / rate - time.perf_counter()))
-            await publish(endpoint, stream, [message])
+        # One producer for the whole run: a connection per message could not keep the rate.
+        async with Producer(
+            endpoint.host, endpoint.port, username=endpoint.user, password=endpoint.password
+        ) as producer:
+            started = time.perf_counter()
+            for index, message in enumerate(steady):
+                await asyncio.sleep(max(0.0, started + index / rate - time.perf_counter()))
+                await producer.send(stream, message.to_amqp())
+            achieved.append(len(steady) / (time.perf_counter() - started))
         await asyncio.sleep(2 * config.settings.commit_interval_ms / 1000 + 1)
         queue.request_stop("benchmark done")
 
     publisher = asyncio.create_task(publish_steadily())
     assert await queue.run() == 0
     await publisher
+    print(f"latency run: {len(steady)} messages published at {achieved[0]:.0f} msg/s")
     return delays
 
 
