@@ -66,21 +66,19 @@ def atomic_copy(source: Path, destination: Path) -> None:
         shutil.copyfileobj(src, dst, length=1024 * 1024)
 
 
-def durable_move(source: Path, destination: Path, *, sync_directories: bool = True) -> bool:
-    """Move a file within one filesystem durably; False when ``source`` is missing.
+def durable_move(source: Path, destination: Path) -> bool:
+    """Move a file within one filesystem durably (both directories fsynced); False when ``source`` is missing.
 
     A move whose destination already holds the file and whose source is gone is
-    a no-op (idempotent replay). Both directories are fsynced, unless
-    ``sync_directories=False`` hands that to a caller that batches it.
+    a no-op (idempotent replay).
     """
     if not source.exists():
         return False
     destination.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, destination)
-    if sync_directories:
-        fsync_dir(destination.parent)
-        if destination.parent != source.parent:
-            fsync_dir(source.parent)
+    fsync_dir(destination.parent)
+    if destination.parent != source.parent:
+        fsync_dir(source.parent)
     return True
 
 

@@ -91,7 +91,7 @@ def assess(
     available = _deployment_condition(deployment, "Available")
     progressing = _deployment_condition(deployment, "Progressing")
     is_available = available.get("status") == "True"
-    blocked = pod_issue is not None and not is_available
+    blocked = None if is_available else pod_issue  # the pod's cause, while it is not available
 
     stall_after = duration_seconds(spec.stall_after)
     reported = parse_rfc3339_or_none(reported_status.reported_at)
@@ -120,8 +120,8 @@ def assess(
         condition(
             "Available",
             is_available,
-            pod_issue[0] if blocked else available.get("reason") or "DeploymentNotAvailable",
-            pod_issue[1] if blocked else available.get("message") or "the consumer Deployment is not available",
+            blocked[0] if blocked else available.get("reason") or "DeploymentNotAvailable",
+            blocked[1] if blocked else available.get("message") or "the consumer Deployment is not available",
             stamp,
             generation,
         ),
@@ -143,8 +143,8 @@ def assess(
         conditions.append(carried)  # owned by the reconcile of the spec, not by this assessment
     previous = {c.get("type"): c for c in status.get("conditions") or []}
     keep_transition_times(conditions, status.get("conditions"))
-    if pod_issue is not None and blocked and previous.get("Available", {}).get("reason") != pod_issue[0]:
-        health.events.append(("Warning", pod_issue[0], pod_issue[1]))
+    if blocked and previous.get("Available", {}).get("reason") != blocked[0]:
+        health.events.append(("Warning", *blocked))
     for entry in conditions:
         flipped = previous.get(entry["type"], {}).get("status", "False") != entry["status"]
         if entry["type"] in ("Stalled", "DiskPressure") and flipped:

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from azaion_workloads.layout import DataLayout, safe_name
-from azaion_workloads.queue.durability import PendingDirectories
 from azaion_workloads.queue.staging import StagedTree
 from azaion_workloads.queue.wire import (
     IMAGE_EXTENSIONS,
@@ -77,10 +76,10 @@ class Effects:
 class Applier:
     """Applies decoded messages to the annotation directories of one data root."""
 
-    def __init__(self, layout: DataLayout, tree: StagedTree | None = None) -> None:
+    def __init__(self, layout: DataLayout, tree: StagedTree) -> None:
         self.layout = layout
         #: Every file operation goes through the batch (see :mod:`staging`).
-        self.tree = StagedTree(PendingDirectories()) if tree is None else tree
+        self.tree = tree
 
     # -- paths -------------------------------------------------------------
 
@@ -94,9 +93,6 @@ class Applier:
     @staticmethod
     def _label(base: Path, name: str) -> Path:
         return base / "labels" / (safe_name(name) + LABEL_EXTENSION)
-
-    def _has_label(self, base: Path, name: str) -> bool:
-        return self.tree.exists(os.path.join(base, "labels", safe_name(name) + LABEL_EXTENSION))
 
     # -- primitives --------------------------------------------------------
 
@@ -154,8 +150,7 @@ class Applier:
         return self._has_deleted_copy(message.name)
 
     def _has_deleted_copy(self, name: str) -> bool:
-        deleted = self.layout.deleted
-        return self._has_label(deleted, name) or bool(self._images(deleted, name))
+        return bool(self._annotation_files(self.layout.deleted, name))
 
     def _live_images(self, name: str) -> list[Path]:
         return [*self._images(self.layout.data, name), *self._images(self.layout.seed, name)]

@@ -458,7 +458,7 @@ class StreamConsumer:
         try:
             self._durable_then_save(snapshot)
         except Exception as error:
-            raise BarrierFailed(f"storing the offset before a deletion failed: {error}") from error
+            raise BarrierFailed(f"storing the offset before a deletion or revival failed: {error}") from error
         self._barrier_snapshot = snapshot
 
     def _durable_then_save(self, snapshot: OffsetState) -> None:
