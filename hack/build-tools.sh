@@ -4,6 +4,7 @@
 #
 #   hack/build-tools.sh            build whatever is missing, print the bin dir
 #   hack/build-tools.sh node       also the real node's kubelet, kube-proxy, pause and crictl
+#   hack/build-tools.sh kueue      Kueue's controller and CRDs (the Kueue tests), print their dir
 #   AZAION_TOOLS_DIR=/path ...     choose the cache (default ~/.cache/azaion/tools)
 set -euo pipefail
 
@@ -68,6 +69,13 @@ etcd_build() {
   go build -ldflags "-s -w" -o "$1/etcd" .
 }
 
+kueue_build() { # DEST
+  go_install "$1" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  mkdir -p "$1/crds"
+  cp "$(go env GOMODCACHE)/sigs.k8s.io/kueue@$KUEUE_VERSION/config/components/crd/bases/"*.yaml "$1/crds/"
+  chmod u+w "$1/crds/"*.yaml
+}
+
 go_install() { # DEST PACKAGE@VERSION
   GOBIN="$1" go install -ldflags "-s -w" "$2"
 }
@@ -98,13 +106,20 @@ case "$want" in
         "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
     fi
     ;;
+  kueue)
+    # Kueue's controller and its CRDs (copied from the module source the build downloads).
+    dir="$tools_dir/kueue-$KUEUE_VERSION"
+    build kueue "$KUEUE_VERSION" "$dir" kueue_build "$dir"
+    echo "$dir"
+    exit 0
+    ;;
   actionlint)
     dir="$tools_dir/actionlint-$ACTIONLINT_VERSION"
     build actionlint "$ACTIONLINT_VERSION" "$dir" go_install "$dir" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
     echo "$dir"
     exit 0
     ;;
-  *) echo "usage: $0 [all|node|actionlint]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|node|kueue|actionlint]" >&2; exit 2 ;;
 esac
 
 # One directory of links, so callers put a single entry on PATH.

@@ -208,6 +208,8 @@ TRAININGRUN = Kind(
         *bad("spec.export.onnx.imgsz", 33, 16),
         *bad("spec.export.onnx.batch", 0, 257),
         *bad("spec.export.onnx.opset", 6, 31),
+        *bad("spec.export.onnx.parity.tolerance", -0.01, 1.5, "lots"),
+        *bad("spec.export.onnx.parity.maxImages", 0, 2.5),
         Case({"spec.export.tensorrt.enabled": True}, "spec.export.tensorrt.enabled", label="tensorrt without a GPU"),
         Case({"spec.publish.s3": S3}, "spec.publish.encryptionKeySecretRef", label="s3 without an encryption key"),
         *_s3(
@@ -268,6 +270,8 @@ TRAININGRUN = Kind(
         Case({"spec.model": DELETE, "spec.fromRun": "older.run-1"}),
         *good("spec.model", "models/base.pt", "yolo26m.yaml", "weights/v1/best.pt", "cfg/yolo.yml"),
         *good("spec.dataset.classesFile", "config/classes.json", "./classes.json"),
+        *good("spec.export.onnx.parity.tolerance", 0, 1, 0.05),
+        *good("spec.export.onnx.parity", {"enabled": False}, {"maxImages": 1}),
         Case(
             {
                 "spec.resources": {

@@ -91,6 +91,9 @@ TRAINING_ENV: Final[tuple[Binding, ...]] = (
     _simple("TRAINING_BATCH_SIZE", "batch_size", "training.batch"),
     _simple("TRAINING_IMGSZ", "imgsz", "training.imgsz"),
     _simple("TRAINING_SAVE_PERIOD", "save_period", "training.save_period"),
+    _simple(
+        "TRAINING_CHECKPOINT_INTERVAL_MINUTES", "checkpoint_interval_minutes", "training.checkpoint_interval_minutes"
+    ),
     _simple("TRAINING_WORKERS", "workers", "training.workers"),
     _simple("TRAINING_PATIENCE", "patience", "training.patience"),
     _simple("TRAINING_OPTIMIZER", "optimizer", "training.optimizer"),
@@ -118,6 +121,9 @@ TRAINING_ENV: Final[tuple[Binding, ...]] = (
     _simple("EXPORT_ONNX_DYNAMIC", "onnx_dynamic", "export.onnx.dynamic"),
     _simple("EXPORT_ONNX_HALF", "onnx_half", "export.onnx.half"),
     _simple("EXPORT_ONNX_NMS", "onnx_nms", "export.onnx.nms"),
+    _simple("EXPORT_ONNX_PARITY", "onnx_parity", "export.onnx.parity.enabled"),
+    _simple("EXPORT_ONNX_PARITY_TOLERANCE", "onnx_parity_tolerance", "export.onnx.parity.tolerance"),
+    _simple("EXPORT_ONNX_PARITY_MAX_IMAGES", "onnx_parity_max_images", "export.onnx.parity.max_images"),
     _simple("EXPORT_TENSORRT", "export_tensorrt", "export.tensorrt.enabled"),
     _simple("PUBLISH_PROMOTE", "promote", "publish.promote"),
     # The key itself is a Secret volume mounted at this path.
@@ -157,6 +163,7 @@ TRAINING_POD_SPEC_FIELDS: Final[frozenset[str]] = frozenset(
         "resources.tolerations",
         "resources.runtime_class_name",
         "resources.priority_class_name",
+        "queue_name",  # the Job's Kueue queue label
         "image",  # the container image (the resolved one also reaches AZAION_IMAGE)
         "failure_policy.max_failures",  # the operator's retry budgets
         "failure_policy.max_preemptions",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -25,6 +26,10 @@ class OperatorConfig(BaseModel):
     """How often queued and retrying runs are looked at again."""
     run_as_user: int = Field(default=1000, ge=1)
     """UID of workload containers (non-root)."""
+    queueing: Literal["builtin", "kueue"] = "builtin"
+    """Who admits GPU runs: the built-in queue, or Kueue (every run's Jobs go to a LocalQueue)."""
+    kueue_queue_name: str = Field(default="azaion", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    """The LocalQueue of runs that name none, with kueue queueing."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -36,6 +41,8 @@ class OperatorConfig(BaseModel):
             "data_mount_path": "AZAION_DATA_MOUNT_PATH",
             "reconcile_interval_seconds": "AZAION_RECONCILE_INTERVAL_SECONDS",
             "run_as_user": "AZAION_RUN_AS_USER",
+            "queueing": "AZAION_QUEUEING",
+            "kueue_queue_name": "AZAION_KUEUE_QUEUE_NAME",
         }
         values = {field: env[var] for field, var in names.items() if env.get(var)}
         try:

@@ -269,13 +269,16 @@ def test_kill_sigterm_and_corrupt_checkpoint_resume(tmp_path: Path) -> None:
     assert "interrupted" in log
     assert run.results_epochs() == [1, 2]
 
-    # 3. The newest checkpoint is damaged (as by a kill in the middle of a
-    #    write): the rerun says so, falls back to epoch 1 and trains on.
-    for damaged in (run.run_dir / "checkpoints" / "epoch-0002.pt", run.run_dir / "weights" / "last.pt"):
+    # 3. The newest checkpoints are damaged (as by a disk fault): the mid-epoch
+    #    one the SIGTERM wrote, epoch 2's copy and last.pt. The rerun says so,
+    #    falls back to epoch 1 and trains on.
+    (mid_epoch,) = (run.run_dir / "checkpoints").glob("epoch-0002-batch-*.pt")
+    for damaged in (mid_epoch, run.run_dir / "checkpoints" / "epoch-0002.pt", run.run_dir / "weights" / "last.pt"):
         data = damaged.read_bytes()
         damaged.write_bytes(data[: len(data) // 2])
     code, log = run.run("run-3.log")
     assert code == 0, log[-4000:]
+    assert f"{mid_epoch.name} does not load" in log, log[-3000:]
     assert "epoch-0002.pt does not load" in log and "falling back" in log, log[-3000:]
     assert "resuming at epoch 2 of 3" in log
     assert run.results_epochs() == [1, 2, 3]

@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -179,19 +180,40 @@ def test_a_killed_trainer_resumes_from_its_checkpoint_in_a_new_attempt(
     print(f"killed pod {first.metadata.uid}; attempt 2 pod {second.metadata.uid} resumed at epoch {resumed.group(1)}")
 
 
-def test_an_evicted_trainer_counts_as_a_preemption_not_a_failure(
-    cluster: Cluster, api_client, trained_data: str
+def test_an_evicted_trainer_resumes_mid_epoch_and_counts_as_a_preemption(
+    cluster: Cluster, api_client, namespace: str, data_claim: str, images: Images
 ) -> None:
-    namespace = trained_data
-    start_run(api_client, namespace, training_run("evicted", 4, None, None))
+    # 400 annotations at batch 2: 140 batches per epoch, long enough to be evicted in the middle of one.
+    seed_annotations(cluster, namespace, images, count=400)
+    body = training_run("evicted", 2, None, None)
+    body["spec"]["training"]["batch"] = 2
+    body["spec"]["export"]["onnx"]["enabled"] = False
+    start_run(api_client, namespace, body)
     first = running_trainer(api_client, namespace, "evicted")
-    wait_for_run(api_client, namespace, "evicted", lambda s: epoch_of(s) >= 1, 600, "an epoch")
+    wait_for_run(
+        api_client,
+        namespace,
+        "evicted",
+        lambda s: (s.get("progress") or {}).get("resumedFrom") is not None,
+        600,
+        "the first batches",
+    )
+    time.sleep(5)  # into the first epoch
     evict(api_client, namespace, first.metadata.name)
 
     status = wait_for_run(api_client, namespace, "evicted", lambda s: s.get("phase") == "Succeeded", 900, "success")
     assert status.get("preemptions") == 1, status
     assert not status.get("failures"), "an eviction is never a failure"
-    print(f"evicted pod {first.metadata.uid}; attempts {status['attempts']}")
+    first_attempt, second_attempt = status["attemptHistory"]
+    assert first_attempt["outcome"] == "Preempted", first_attempt
+    resumed = second_attempt["resumedFrom"]
+    assert resumed["epoch"] == 0 and 0 < resumed["batch"] < 140, resumed
+    assert resumed["redoneBatches"] == 0, "the evicted pod saved where it stopped"
+    second = trainer_pods(api_client, namespace, "evicted")[-1]
+    assert second.metadata.uid != first.metadata.uid
+    log = pod_log(cluster, namespace, second.metadata.name)
+    assert f"resuming at batch {resumed['batch']} of 140 of epoch 1" in log
+    print(f"evicted pod {first.metadata.uid}; attempt 2 resumed at batch {resumed['batch']} of epoch 1")
 
 
 def test_suspend_stops_the_trainer_resumably_and_unsuspend_resumes(

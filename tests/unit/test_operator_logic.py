@@ -306,3 +306,77 @@ def test_trainer_identity_may_only_patch_its_own_run_status():
         "verbs": ["get", "patch"],
     }
     assert binding["subjects"][0]["name"] == "run-trainer"
+
+
+def test_the_attempt_history_keeps_where_each_attempt_resumed():
+    resumed = {"epoch": 3, "batch": 120, "redoneBatches": 4, "pod": "run-a2-x7k2p"}
+    status = {
+        **RUNNING_STATUS,
+        "attempts": 2,
+        "progress": {"step": "training", "resumedFrom": resumed},
+        "attemptHistory": [
+            {"attempt": 1, "jobName": "run-a1", "outcome": "Preempted", "resumedFrom": {"epoch": 0, "batch": 0}},
+            {"attempt": 2, "jobName": "run-a2", "outcome": "Running"},
+        ],
+    }
+    running = {"metadata": {"name": "run-a2"}, "status": {"active": 1}}
+    decision = decide(META, spec(), status, running, [], NOW, "img")
+    first, second = decision.status["attemptHistory"]
+    assert second["resumedFrom"] == resumed
+    assert first["resumedFrom"] == {"epoch": 0, "batch": 0}, "an earlier attempt keeps its own"
+
+    # A pod of another attempt (a name that only starts alike) is not attributed to this one.
+    other = {**status, "progress": {"resumedFrom": {**resumed, "pod": "run-a20-abcde"}}}
+    decision = decide(META, spec(), other, running, [], NOW, "img")
+    assert "resumedFrom" not in decision.status["attemptHistory"][1]
+
+
+def test_kueue_holds_the_job_queued_and_each_of_its_preemptions_counts_once():
+    from azaion_operator.trainingrun.lifecycle import KueueView
+
+    held = {"metadata": {"name": "run-a1"}, "spec": {"suspend": True}, "status": {}}
+    waiting = decide(META, spec(queueName="gpus"), RUNNING_STATUS, held, [], NOW, "img", kueue=KueueView("gpus"))
+    progressing = next(c for c in waiting.status["conditions"] if c["type"] == "Progressing")
+    assert waiting.status["phase"] == "Queued" and progressing["reason"] == "WaitingForKueue"
+    assert "LocalQueue gpus" in progressing["message"]
+
+    preempted = decide(META, spec(queueName="gpus"), RUNNING_STATUS, held, [], NOW, "img", kueue=KueueView("gpus", 1))
+    assert preempted.preemptions == 1 and preempted.status["preemptions"] == 1
+    assert preempted.status["attemptHistory"][0]["evictions"] == 1
+    assert ("Warning", "Preempted") in [e[:2] for e in preempted.events]
+    again = decide(
+        META,
+        spec(queueName="gpus"),
+        {**RUNNING_STATUS, **preempted.status},
+        held,
+        [],
+        NOW,
+        "img",
+        kueue=KueueView("gpus", 1),
+    )
+    assert again.preemptions == 0 and again.status["preemptions"] == 1, "a replayed reconcile counts nothing twice"
+    assert not [e for e in again.events if e[1] == "Preempted"]
+
+
+def test_a_kueue_run_never_asks_the_built_in_queue():
+    from azaion_operator.trainingrun.lifecycle import KueueView
+
+    fresh = {"phase": "Pending"}
+    assert needs_admission(spec(), fresh, None)
+    assert not needs_admission(spec(queueName="gpus"), fresh, None, KueueView("gpus"))
+    decision = decide(META, spec(queueName="gpus"), fresh, None, [], NOW, "img", kueue=KueueView("gpus"))
+    assert decision.create_attempt == 1, "Kueue admits the Job; the operator creates it at once (suspended)"
+
+
+def test_kueue_jobs_are_created_suspended_with_the_queue_label():
+    from azaion_operator.config import OperatorConfig
+    from azaion_operator.trainingrun.builders import build_job
+
+    job = build_job(META, spec(queueName="team-a"), 1, "img", OperatorConfig())
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    job = build_job(META, spec(), 1, "img", OperatorConfig(queueing="kueue"))
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "azaion"
+    job = build_job(META, spec(), 1, "img", OperatorConfig())
+    assert "suspend" not in job["spec"] and "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    with pytest.raises(SystemExit, match="AZAION_QUEUEING"):
+        OperatorConfig.from_env({"AZAION_QUEUEING": "volcano"})

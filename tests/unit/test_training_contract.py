@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 import azaion_contract as contract
 from azaion_workloads.training.config import load_settings
@@ -89,3 +90,37 @@ def test_the_trainer_is_told_its_own_image_for_the_published_manifest(tmp_path: 
     assert container["image"] == image
     settings = load_settings({**_as_process_env(container["env"], {}), contract.ENV_ROOT_DIR: str(tmp_path)})
     assert settings.image == image, "the manifest records the image that trained the model"
+
+
+def test_the_parity_gate_settings_reach_the_trainer(tmp_path: Path) -> None:
+    default = models.TrainingRunSpec.model_validate({"model": "yolo26n.yaml", "storage": {"claimName": "data"}})
+    spec = models.TrainingRunSpec.model_validate(
+        {
+            "model": "yolo26n.yaml",
+            "storage": {"claimName": "data"},
+            "export": {"onnx": {"parity": {"enabled": False, "tolerance": 0.05, "maxImages": 30}}},
+        }
+    )
+    settings = [
+        load_settings(
+            {
+                **_as_process_env(trainingjob.trainer_env(s, "ml", "run-1", config.OperatorConfig()), {}),
+                contract.ENV_ROOT_DIR: str(tmp_path),
+            }
+        )
+        for s in (default, spec)
+    ]
+    figures = [(s.onnx_parity, s.onnx_parity_tolerance, s.onnx_parity_max_images) for s in settings]
+    assert figures == [(True, 0.01, 1000), (False, 0.05, 30)]
+
+
+@pytest.mark.parametrize(
+    ("parity", "field"),
+    [({"tolerance": 1.5}, "tolerance"), ({"tolerance": -0.1}, "tolerance"), ({"maxImages": 0}, "maxImages")],
+)
+def test_a_bad_parity_setting_is_refused_naming_the_field(parity: dict[str, float], field: str) -> None:
+    body = {"model": "yolo26n.yaml", "storage": {"claimName": "data"}, "export": {"onnx": {"parity": parity}}}
+    with pytest.raises(ValidationError) as refused:
+        models.TrainingRunSpec.model_validate(body)
+    locations = [".".join(str(step) for step in error["loc"]) for error in refused.value.errors()]
+    assert locations == [f"export.onnx.parity.{field}"]

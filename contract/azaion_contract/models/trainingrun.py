@@ -140,6 +140,8 @@ class TrainingSpec(ApiModel):
     """Training image size in pixels (a multiple of 32)."""
     save_period: int = Field(default=1, ge=1)
     """Save a checkpoint every this many epochs."""
+    checkpoint_interval_minutes: int = Field(default=10, ge=0, le=1440)
+    """Also save a mid-epoch checkpoint every this many minutes of training (0: only when stopped)."""
     workers: int = Field(default=8, ge=0, le=64)
     """Data loader worker processes."""
     patience: int = Field(default=100, ge=0)
@@ -178,6 +180,17 @@ class StorageSpec(ApiModel):
     """PersistentVolumeClaim holding the data root; the run writes under models/<namespace>/<name>."""
 
 
+class OnnxParity(ApiModel):
+    """The export parity gate: the ONNX file is published only if it scores like the .pt it came from."""
+
+    enabled: bool = True
+    """Evaluate the ONNX file and the .pt on the validation split (mAP50-95) before encryption."""
+    tolerance: float = Field(default=0.01, ge=0, le=1)
+    """Largest drop in mAP50-95 (absolute, 0-1) the ONNX file may show below the .pt; more fails the run."""
+    max_images: int = Field(default=1000, ge=1)
+    """Evaluate on at most this many validation images (the first ones by name)."""
+
+
 class OnnxExport(ApiModel):
     """ONNX export of the best model."""
 
@@ -195,6 +208,8 @@ class OnnxExport(ApiModel):
     """FP16 weights (needs a GPU at export time)."""
     nms: bool = True
     """Put non-maximum suppression inside the model."""
+    parity: OnnxParity = Field(default_factory=OnnxParity)
+    """Compare the ONNX file's mAP50-95 with the .pt's before publishing (at the export imgsz vs the training one)."""
 
 
 class TensorRTExport(ApiModel):
@@ -380,6 +395,9 @@ class TrainingRunSpec(ApiModel):
     """Stop the active attempt (it checkpoints first) and hold the run until set back to false."""
     priority: int = Field(default=0, ge=-1000, le=1000)
     """Queue priority: higher runs are admitted to free GPUs first."""
+    queue_name: DnsSubdomain | None = None
+    """Kueue LocalQueue of the run's Jobs: Kueue admits them instead of the built-in GPU queue
+    (the operator's default queue when its queueing is kueue)."""
     liveness_timeout_seconds: int = Field(default=1800, ge=60)
     """Restart a trainer whose progress heartbeat is older than this (a hung process)."""
     termination_grace_period_seconds: int = Field(default=300, ge=30, le=86400)
@@ -425,6 +443,19 @@ class Metrics(StatusModel):
     """Distribution focal loss."""
 
 
+class ResumePoint(StatusModel):
+    """Where an attempt started training: epochs completed and batches of the next one done."""
+
+    epoch: int | None = None
+    """Epochs completed before it (0: from the start)."""
+    batch: int | None = None
+    """Batches of the following epoch done before it (a mid-epoch checkpoint); 0 at an epoch boundary."""
+    redone_batches: int | None = None
+    """Batches the interrupted attempt had trained past this point, trained again."""
+    pod: str | None = None
+    """The pod that resumed."""
+
+
 class Progress(StatusModel):
     """Progress reported by the training pod."""
 
@@ -442,6 +473,8 @@ class Progress(StatusModel):
     """Metrics of the last epoch."""
     best_epoch: int | None = None
     """Epoch with the best fitness so far."""
+    resumed_from: ResumePoint | None = None
+    """Where the current attempt started training."""
     updated_at: str | None = None
     """When the pod last reported (RFC 3339)."""
 
@@ -451,6 +484,8 @@ class Checkpoint(StatusModel):
 
     epoch: int | None = None
     """Epoch the checkpoint was saved after."""
+    batch: int | None = None
+    """Batches of the following epoch done (a mid-epoch checkpoint); 0 at an epoch boundary."""
     path: str | None = None
     """Path relative to the data root."""
     sha256: str | None = None
@@ -476,6 +511,23 @@ class DatasetArtifact(StatusModel):
     """SHA-256 of the dataset manifest."""
 
 
+class ParityResult(StatusModel):
+    """The export parity gate's figures: mAP50-95 of the .pt and of the ONNX file on the same validation images."""
+
+    pt_map50_95: float | None = Field(default=None, alias="ptMap50_95")
+    """mAP50-95 of the best .pt at the training imgsz."""
+    onnx_map50_95: float | None = Field(default=None, alias="onnxMap50_95")
+    """mAP50-95 of the ONNX file at its export imgsz."""
+    tolerance: float | None = None
+    """Largest drop below the .pt the gate allowed."""
+    images: int | None = None
+    """Validation images both were evaluated on."""
+    passed: bool | None = None
+    """Whether the ONNX file was within the tolerance; unset when the gate could not run (see skipped)."""
+    skipped: str | None = None
+    """Why the gate did not run (no validation images)."""
+
+
 class Artifacts(StatusModel):
     """What the run produced."""
 
@@ -489,6 +541,8 @@ class Artifacts(StatusModel):
     """ONNX export relative to the data root."""
     onnx_sha256: str | None = None
     """SHA-256 of the ONNX file."""
+    onnx_parity: ParityResult | None = None
+    """The export parity gate: both mAP50-95 figures and whether the ONNX file passed."""
     encrypted: str | None = None
     """Encrypted model relative to the data root."""
     encrypted_sha256: str | None = None
@@ -523,6 +577,10 @@ class AttemptRecord(StatusModel):
     """Exit code of the trainer container, when it terminated."""
     message: str | None = None
     """What happened, in words."""
+    resumed_from: ResumePoint | None = None
+    """Where the attempt's training started (its pod's progress.resumedFrom)."""
+    evictions: int | None = None
+    """Times Kueue preempted the attempt's Job (each counts as a preemption; the Job waits to be admitted again)."""
     started_at: str | None = None
     """When the Job was created (RFC 3339)."""
     finished_at: str | None = None

@@ -66,6 +66,18 @@ def list_managed(plural: str) -> list[dict[str, Any]]:
     ]
 
 
+def list_custom(group: str, version: str, plural: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    """Another API's objects in one namespace (none when that API is not installed)."""
+    try:
+        return custom().list_namespaced_custom_object(group, version, namespace, plural, label_selector=label_selector)[
+            "items"
+        ]
+    except ApiException as error:
+        if error.status == 404:
+            return []
+        raise
+
+
 def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
     custom().patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, plural, name, {"status": status})
 

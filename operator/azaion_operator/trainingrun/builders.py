@@ -19,6 +19,7 @@ from azaion_operator.kit.objects import (
     pod_security_context,
     status_reporter_identity,
 )
+from azaion_operator.trainingrun.kueue import QUEUE_LABEL, local_queue
 
 TMP_MOUNT = "/tmp"  # noqa: S108 - an emptyDir: the root filesystem is read-only
 
@@ -169,6 +170,10 @@ def build_job(
     }
     if active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = active_deadline_seconds
+    queue = local_queue(spec, config)
+    if queue is not None:
+        job_spec["suspend"] = True  # Kueue unsuspends it on admission
+        labels = {**labels, QUEUE_LABEL: queue}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

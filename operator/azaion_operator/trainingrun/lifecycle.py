@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from azaion_contract.models.trainingrun import AttemptRecord, Phase, TrainingRunSpec, TrainingRunStatus
+from azaion_contract.models.trainingrun import AttemptRecord, Phase, ResumePoint, TrainingRunSpec, TrainingRunStatus
 from azaion_contract.timefmt import parse_rfc3339_or_none, rfc3339
 from azaion_operator.kit.conditions import condition, find, keep_transition_times
 from azaion_operator.kit.names import job_name
 from azaion_operator.kit.pods import pod_problem
+from azaion_operator.trainingrun.kueue import suspended as kueue_suspended
 from azaion_operator.trainingrun.outcomes import AttemptOutcome, classify, is_disrupted
 
 MAX_BACKOFF = timedelta(minutes=10)
@@ -30,6 +31,14 @@ _HISTORY_OUTCOME = {"PermanentError": "Failed", "DeadlineExceeded": "Failed"}
 class Admission:
     admitted: bool
     position: int | None = None
+
+
+@dataclass(frozen=True)
+class KueueView:
+    """A Kueue-queued run: its LocalQueue, and how often Kueue preempted the current attempt's Job."""
+
+    queue: str
+    preemptions: int = 0
 
 
 @dataclass
@@ -64,8 +73,12 @@ class Decision:
 timestamp = rfc3339
 
 
-def needs_admission(spec: TrainingRunSpec, status: dict[str, Any], job: dict[str, Any] | None) -> bool:
-    """Only a GPU run about to start an attempt has to ask the queue."""
+def needs_admission(
+    spec: TrainingRunSpec, status: dict[str, Any], job: dict[str, Any] | None, kueue: KueueView | None = None
+) -> bool:
+    """Only a GPU run about to start an attempt has to ask the built-in queue (Kueue admits its own)."""
+    if kueue is not None:
+        return False
     attempt_active = job is not None and _open_attempt(
         status.get("attemptHistory") or [], int(status.get("attempts") or 0)
     )
@@ -142,13 +155,41 @@ class _Builder:
                 self.decision.failed_attempts.append(outcome.reason)
 
     def finish(self) -> Decision:
+        self._keep_resume_point()
         self.decision.set_status(
             attempt_history=self.history,
             failures=sum(1 for r in self.history if r.get("outcome") == "Failed"),
-            preemptions=sum(1 for r in self.history if r.get("outcome") == "Preempted")
-            + len(self.old.get("preemptedPods") or []),
+            preemptions=_history_preemptions(self.history) + len(self.old.get("preemptedPods") or []),
         )
         return self.decision
+
+    def note_evictions(self, attempt: int, count: int) -> None:
+        """Record Kueue's preemptions of ``attempt``'s Job; each new one is a preemption and an Event."""
+        entry = next((r for r in self.history if r.get("attempt") == attempt), None)
+        if entry is None or count <= int(entry.get("evictions") or 0):
+            return
+        new = count - int(entry.get("evictions") or 0)
+        entry["evictions"] = count
+        self.decision.preemptions += new
+        self.decision.events.append(
+            (
+                "Warning",
+                "Preempted",
+                f"Kueue preempted attempt {attempt}; it resumes from its checkpoint when admitted again",
+            )
+        )
+
+    def _keep_resume_point(self) -> None:
+        """Copy the pod's ``progress.resumedFrom`` into its attempt's entry: the next attempt overwrites it."""
+        resumed = (self.old.get("progress") or {}).get("resumedFrom")
+        pod = str((resumed or {}).get("pod") or "")
+        try:
+            point = ResumePoint.checked(dict(resumed or {}))
+        except (TypeError, ValueError):  # written by a pod of another version: not worth failing a reconcile
+            return
+        for entry in self.history:
+            if pod.startswith(f"{entry.get('jobName')}-"):  # a Job's pods are named <job>-<suffix>
+                entry["resumedFrom"] = point
 
 
 def _backoff(spec: TrainingRunSpec, failures: int) -> timedelta:
@@ -188,8 +229,9 @@ def decide(
     now: datetime,
     default_image: str,
     admission: Admission | None = None,
+    kueue: KueueView | None = None,
 ) -> Decision:
-    """What to do next for one TrainingRun."""
+    """What to do next for one TrainingRun (``kueue``: what Kueue did with it, when Kueue admits it)."""
     b = _Builder(meta, status, now)
     phase = status.get("phase")
     attempts = int(status.get("attempts") or 0)
@@ -204,6 +246,8 @@ def decide(
 
     # The current attempt's Job, while its outcome is not yet recorded.
     if job is not None and _open_attempt(b.history, attempts):
+        if kueue is not None:
+            b.note_evictions(attempts, kueue.preemptions)
         outcome = classify(job, pods)
         if spec.suspend and not outcome.finished:
             b.record(attempts, AttemptOutcome("Running", "Suspended", "stopped by suspend"), kind="Stopped")
@@ -211,7 +255,7 @@ def decide(
             b.set_phase(Phase.SUSPENDED, "Suspended", f"attempt {attempts} stopped; it resumes from its checkpoint")
             return b.finish()
         if not outcome.finished:
-            return _while_running(b, spec, status, job, pods, attempts)
+            return _while_running(b, spec, status, job, pods, attempts, kueue)
         return _after_attempt(b, spec, status, attempts, outcome)
 
     if job is None and attempts > 0 and _open_attempt(b.history, attempts):
@@ -239,7 +283,7 @@ def decide(
             )
             return b.finish()
 
-    if spec.resources.gpus > 0 and not (admission and admission.admitted):
+    if spec.resources.gpus > 0 and kueue is None and not (admission and admission.admitted):
         position = admission.position if admission else None
         b.decision.set_status(queue_position=position)
         b.set_phase(
@@ -283,6 +327,19 @@ def child_rejected(
     return b.decision
 
 
+def _history_preemptions(history: list[dict[str, Any]]) -> int:
+    """Attempts ended by a disruption, and Kueue's preemptions of attempts' Jobs."""
+    return sum(1 for r in history if r.get("outcome") == "Preempted") + sum(
+        int(r.get("evictions") or 0) for r in history
+    )
+
+
+def _live(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Pending", "Running") and not (pod.get("metadata") or {}).get(
+        "deletionTimestamp"
+    )
+
+
 def _open_attempt(history: list[dict[str, Any]], attempt: int) -> bool:
     entry = next((r for r in history if r.get("attempt") == attempt), None)
     return entry is not None and entry.get("outcome") == "Running"
@@ -295,8 +352,9 @@ def _while_running(
     job: dict[str, Any],
     pods: list[dict[str, Any]],
     attempts: int,
+    kueue: KueueView | None = None,
 ) -> Decision:
-    disrupted = len(status.get("preemptedPods") or []) + sum(1 for r in b.history if r.get("outcome") == "Preempted")
+    disrupted = len(status.get("preemptedPods") or []) + _history_preemptions(b.history)
     if disrupted > spec.failure_policy.max_preemptions:
         message = f"{disrupted} disruptions exceed failurePolicy.maxPreemptions={spec.failure_policy.max_preemptions}"
         b.record(attempts, AttemptOutcome("Preempted", "PreemptionBudgetExhausted", message), kind="Stopped")
@@ -305,7 +363,11 @@ def _while_running(
         b.set_phase(Phase.FAILED, "PreemptionBudgetExhausted", message, "Warning")
         return b.finish()
     problem = pod_problem(pods)
-    if problem:
+    if kueue is not None and kueue_suspended(job) and not any(_live(p) for p in pods):
+        b.decision.set_status(queue_position=None)
+        waits = f"attempt {attempts} waits for Kueue to admit it (LocalQueue {kueue.queue})"
+        b.set_phase(Phase.QUEUED, "WaitingForKueue", waits)
+    elif problem:
         b.set_phase(Phase.PENDING, problem[0], problem[1], "Warning")
     elif any((p.get("status") or {}).get("phase") == "Running" and not is_disrupted(p) for p in pods):
         b.set_phase(Phase.RUNNING, "TrainerRunning", f"attempt {attempts} is running")

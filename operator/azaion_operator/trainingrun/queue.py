@@ -74,7 +74,7 @@ def line_up(runs: Iterable[dict[str, Any]], asking: Key) -> tuple[list[Waiting],
         active = status.get("phase") in (Phase.PENDING, Phase.RUNNING) and status.get("jobName")
         if active and key != asking:
             reserved += spec.resources.gpus
-        elif not spec.suspend:
+        elif not spec.suspend and not spec.queue_name:  # Kueue admits those
             waiting.append(Waiting(key, spec.priority, meta["creationTimestamp"], spec.resources.gpus))
     return waiting, reserved
 

@@ -24,10 +24,13 @@ from azaion_operator import metrics
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit import kube
 from azaion_operator.kit.names import job_name
+from azaion_operator.trainingrun import kueue
 from azaion_operator.trainingrun.builders import build_job, build_trainer_identity
+from azaion_operator.trainingrun.kueue import local_queue
 from azaion_operator.trainingrun.lifecycle import (
     Admission,
     Decision,
+    KueueView,
     child_rejected,
     count_disruption,
     decide,
@@ -93,6 +96,19 @@ def _admission(namespace: str, name: str) -> Admission:
     return Admission(admitted=key in decision.admitted, position=decision.positions.get(key))
 
 
+def _kueue_view(spec: TrainingRunSpec, config: OperatorConfig, job: dict | None) -> KueueView | None:
+    """What Kueue did with the run's current Job, when Kueue admits the run's Jobs."""
+    queue = local_queue(spec, config)
+    if queue is None:
+        return None
+    if job is None:
+        return KueueView(queue)
+    meta = job["metadata"]
+    selector = f"{kueue.JOB_UID_LABEL}={meta['uid']}"
+    workloads = kube.list_custom(kueue.GROUP, kueue.VERSION, kueue.WORKLOADS, meta["namespace"], selector)
+    return KueueView(queue, kueue.preemptions(workloads))
+
+
 def _reconcile_locked(namespace: str, name: str, config: OperatorConfig) -> Decision | None:
     run = kube.get_resource(PLURAL, namespace, name)
     if run is None or run["metadata"].get("deletionTimestamp"):
@@ -104,14 +120,15 @@ def _reconcile_locked(namespace: str, name: str, config: OperatorConfig) -> Deci
     attempts = int(status.get("attempts") or 0)
     job = kube.read_job(namespace, job_name(name, attempts)) if attempts else None
     pods = kube.list_pods(namespace, f"job-name={job_name(name, attempts)}") if job else []
+    view = _kueue_view(spec, config, job)
 
-    if needs_admission(spec, status, job):
+    if needs_admission(spec, status, job, view):
         with _admission_lock:
             admission = _admission(namespace, name)
             decision = decide(run["metadata"], spec, status, job, pods, now(), config.training_image, admission)
             _apply(run, spec, decision, config)
     else:
-        decision = decide(run["metadata"], spec, status, job, pods, now(), config.training_image)
+        decision = decide(run["metadata"], spec, status, job, pods, now(), config.training_image, kueue=view)
         _apply(run, spec, decision, config)
     if decision.frees_gpus:
         threading.Thread(target=wake_queue, args=(config,), name="wake-queue", daemon=True).start()

@@ -80,6 +80,8 @@ class TrainingSettings(BaseModel):
     batch_size: int = Field(default=11)
     imgsz: int = Field(default=1280, ge=32)
     save_period: int = Field(default=1, ge=-1)
+    #: Fractions allowed here (a spec holds whole minutes): tests checkpoint every few seconds.
+    checkpoint_interval_minutes: float = Field(default=10, ge=0, allow_inf_nan=False)
     workers: int = Field(default=8, ge=0)
     patience: int = Field(default=100, ge=0)
     optimizer: Literal[OPTIMIZERS] = "auto"  # type: ignore[valid-type]
@@ -98,6 +100,9 @@ class TrainingSettings(BaseModel):
     onnx_dynamic: bool = False
     onnx_half: bool = False
     onnx_nms: bool = True
+    onnx_parity: bool = True
+    onnx_parity_tolerance: float = Field(default=0.01, ge=0, le=1, allow_inf_nan=False)
+    onnx_parity_max_images: int = Field(default=1000, ge=1)
     export_tensorrt: bool = False
 
     key_file: Path = Path(contract.ENCRYPTION_KEY_FILE)
@@ -259,6 +264,7 @@ _PARSERS: dict[str, Any] = {
     "batch_size": int,
     "imgsz": int,
     "save_period": int,
+    "checkpoint_interval_minutes": float,
     "workers": int,
     "patience": int,
     "optimizer": str.strip,
@@ -275,6 +281,9 @@ _PARSERS: dict[str, Any] = {
     "onnx_dynamic": _bool,
     "onnx_half": _bool,
     "onnx_nms": _bool,
+    "onnx_parity": _bool,
+    "onnx_parity_tolerance": float,
+    "onnx_parity_max_images": int,
     "export_tensorrt": _bool,
     "key_file": Path,
     "s3_endpoint": str.strip,

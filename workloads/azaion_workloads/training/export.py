@@ -1,10 +1,10 @@
-"""Export of the best model: ONNX (checked in onnxruntime), TensorRT on a GPU."""
+"""Export of the best model: ONNX (checked in onnxruntime and by the parity gate), TensorRT on a GPU."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from azaion_contract.models.trainingrun import Artifacts
 from azaion_workloads.fsutil import atomic_write_bytes, durable_move, sha256_file
 from azaion_workloads.status import build
 from azaion_workloads.training.config import TrainingSettings
+from azaion_workloads.training.parity import NMS_CONF, NMS_IOU, ParityCheck
 from azaion_workloads.training.progress import Progress, keepalive
 
 log = logging.getLogger(__name__)
@@ -26,18 +27,25 @@ EXPORT_KEEPALIVE_SECONDS = 3 * 3600
 
 @dataclass(frozen=True)
 class ExportResult:
-    """The export step's result: the ONNX file and, on a GPU, the TensorRT engine, with their hashes."""
+    """The export step's result: the ONNX file and, on a GPU, the TensorRT engine, with their hashes.
+
+    ``parity`` is the parity gate's outcome (None when the gate is off); the
+    pipeline refuses to encrypt an ONNX file whose check did not pass.
+    """
 
     onnx: Path
     sha256: str
     engine: Path | None = None
     engine_sha256: str | None = None
+    parity: ParityCheck | None = None
 
     def artifacts(self, root: Path) -> Artifacts:
         """The ``status.artifacts`` fields of this result (paths relative to the data root ``root``)."""
         fields: dict[str, Any] = {"onnx": str(self.onnx.relative_to(root)), "onnx_sha256": self.sha256}
         if self.engine is not None:  # no engine: its fields stay out of the patch (null would delete them)
             fields.update(tensorrt=str(self.engine.relative_to(root)), tensorrt_sha256=self.engine_sha256)
+        if self.parity is not None:
+            fields["onnx_parity"] = self.parity.status()
         return build(Artifacts, **fields)
 
 
@@ -60,7 +68,30 @@ def verify_onnx(path: Path, batch: int, imgsz: int) -> list[tuple[int, ...]]:
 
 
 def export(settings: TrainingSettings, best: Path, best_sha256: str, progress: Progress) -> ExportResult:
-    """Export ``best`` (idempotent: a matching ``export.json`` skips the work)."""
+    """Export ``best`` and run the parity gate on it (idempotent: a matching ``export.json`` skips the work).
+
+    The gate's figures are added to ``export.json`` after the export's own
+    record, so a crash during the evaluation redoes only the evaluation.
+    """
+    result, record = _export(settings, best, best_sha256, progress)
+    if not settings.onnx_parity:
+        log.info("export parity gate off (EXPORT_ONNX_PARITY=false)")
+        return result
+    from azaion_workloads.training import parity
+
+    checked, parity_record = parity.check(
+        settings, best, best_sha256, result.onnx, result.sha256, progress, record.get("parity")
+    )
+    if parity_record != record.get("parity"):
+        record["parity"] = parity_record
+        atomic_write_bytes(settings.run_dir / DONE_FILE, json.dumps(record, indent=2).encode())
+    return replace(result, parity=checked)
+
+
+def _export(
+    settings: TrainingSettings, best: Path, best_sha256: str, progress: Progress
+) -> tuple[ExportResult, dict[str, Any]]:
+    """The ONNX export (and engine) and the content of ``export.json``, reused when it still matches."""
     run_dir = settings.run_dir
     done_file = run_dir / DONE_FILE
     target = run_dir / "artifacts" / ONNX_NAME
@@ -76,10 +107,13 @@ def export(settings: TrainingSettings, best: Path, best_sha256: str, progress: P
         options["quantize"] = 16  # ultralytics' name for an FP16 export
     if settings.onnx_opset is not None:
         options["opset"] = settings.onnx_opset
+    if settings.onnx_nms:
+        # Explicit, not ultralytics' defaults: the parity gate evaluates the .pt at the same thresholds.
+        options.update(conf=NMS_CONF, iou=NMS_IOU)
     wanted = {**options, "tensorrt": settings.export_tensorrt}
     previous = _previous(done_file, best_sha256, wanted)
     if previous is not None:
-        log.info("export already done (%s); skipping", previous.onnx)
+        log.info("export already done (%s); skipping", previous[0].onnx)
         return previous
 
     from ultralytics import YOLO
@@ -103,7 +137,7 @@ def export(settings: TrainingSettings, best: Path, best_sha256: str, progress: P
         "engineSha256": result.engine_sha256,
     }
     atomic_write_bytes(done_file, json.dumps(record, indent=2).encode())
-    return result
+    return result, record
 
 
 def engine_name() -> str:
@@ -137,7 +171,7 @@ def _tensorrt(settings: TrainingSettings, best: Path, result: ExportResult, prog
     return ExportResult(result.onnx, result.sha256, target, sha256_file(target))
 
 
-def _previous(done_file: Path, best_sha256: str, options: dict[str, Any]) -> ExportResult | None:
+def _previous(done_file: Path, best_sha256: str, options: dict[str, Any]) -> tuple[ExportResult, dict[str, Any]] | None:
     try:
         record = json.loads(done_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -151,7 +185,7 @@ def _previous(done_file: Path, best_sha256: str, options: dict[str, Any]) -> Exp
     engine = run_dir / record["engine"] if record.get("engine") else None
     if engine is not None and not engine.exists():
         return None
-    return ExportResult(onnx, record["onnxSha256"], engine, record.get("engineSha256"))
+    return ExportResult(onnx, record["onnxSha256"], engine, record.get("engineSha256")), record
 
 
 __all__ = ["ExportResult", "engine_name", "export", "verify_onnx"]

@@ -1,6 +1,7 @@
 """The steps of one training run, each skipped when its result is already there.
 
-dataset -> training -> export -> encrypt -> publish -> promote. Every step
+dataset -> training -> export (with its parity gate) -> encrypt -> publish ->
+promote. Every step
 records what it produced (a manifest or a small JSON file in the run
 directory, written atomically after its outputs), so a retry after any crash
 continues at the first step whose record is missing or no longer matches.
@@ -40,6 +41,7 @@ from azaion_workloads.training.train import TrainingResult, train
 
 if TYPE_CHECKING:  # numpy (export) and boto3 (publish) are imported only when those steps run
     from azaion_workloads.training.export import ExportResult
+    from azaion_workloads.training.parity import ParityCheck
     from azaion_workloads.training.publish import Publisher
 
 log = logging.getLogger(__name__)
@@ -237,9 +239,14 @@ class Pipeline:
         # What gets encrypted: the best weights, or the ONNX export (and its engine) when exporting.
         model_file, model_sha = trained.best, trained.sha256
         engine: tuple[Path, str] | None = None
+        parity: ParityCheck | None = None
         if settings.export_onnx:
             exported = self.export(trained)
-            self.report(exported)
+            self.report(exported)  # the parity figures show in status before any refusal
+            parity = exported.parity
+            refusal = parity.refusal() if parity is not None else None
+            if refusal is not None:
+                raise PermanentError(refusal)
             model_file, model_sha = exported.onnx, exported.sha256
             if exported.engine is not None and exported.engine_sha256 is not None:
                 engine = exported.engine, exported.engine_sha256
@@ -256,7 +263,7 @@ class Pipeline:
         published = None
         if settings.publishing:
             assert encrypted is not None  # load_key guarantees a key when publishing
-            published = self.publish(encrypted, trained, dataset, engine=encrypted_engine)
+            published = self.publish(encrypted, trained, dataset, engine=encrypted_engine, parity=parity)
             self.report(published)
         if settings.promote:
             self.report(self.promote(trained, published))
@@ -340,6 +347,7 @@ class Pipeline:
         dataset: DatasetResult | None = None,
         *,
         engine: EncryptResult | None = None,
+        parity: ParityCheck | None = None,
     ) -> PublishResult:
         """Upload the encrypted model (and engine), then the manifest; skip what is already there.
 
@@ -348,7 +356,8 @@ class Pipeline:
         exactly like the model, split mode included, and is the manifest's
         second artifact (``"format": "tensorrt"``), so readers of the first one
         see no change. ``dataset`` fills the manifest's dataset entry (its
-        fields are null without it).
+        fields are null without it); ``parity``, the export's parity gate,
+        becomes ``model.parity`` (left out when the gate is off).
 
         The manifest is compared with the one in the store first: a retry after
         a complete publish uploads nothing (not even the API part in split mode).
@@ -371,6 +380,7 @@ class Pipeline:
                 "imgsz": settings.imgsz,
                 "bestEpoch": trained.best_epoch,
                 "ptSha256": trained.sha256,
+                **({"parity": parity.document()} if parity is not None else {}),
             },
             "metrics": trained.metrics,
             "dataset": {

@@ -2,24 +2,31 @@
 
 The run directory is ultralytics' ``save_dir``: ``weights/{last,best}.pt``,
 ``results.csv``, ``args.yaml``; next to them ``checkpoints/`` (verified
-copies) and ``training.json`` (written when training finished, so a retry
+copies, end-of-epoch and mid-epoch), ``position.json`` (how far training got,
+rewritten after every batch, so the next attempt can say how much it trains
+again) and ``training.json`` (written when training finished, so a retry
 goes straight to export).
+
+Mid-epoch checkpoints (:mod:`.resumable`) are written at SIGTERM and every
+``checkpoint_interval_minutes`` of training, at the first batch boundary
+right after an optimizer step.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from azaion_contract.models.trainingrun import Artifacts, Metrics
+from azaion_contract.models.trainingrun import Artifacts, Metrics, ResumePoint
 from azaion_contract.timefmt import rfc3339
 from azaion_workloads.fsutil import atomic_copy, atomic_write_bytes, leftover_temp_files, sha256_file
 from azaion_workloads.status import build
-from azaion_workloads.training.checkpoints import CheckpointStore, truncate_results, try_load
+from azaion_workloads.training.checkpoints import Checkpoint, CheckpointStore, Position, truncate_results, try_load
 from azaion_workloads.training.config import TrainingSettings
 from azaion_workloads.training.errors import Interrupted, PermanentError
 from azaion_workloads.training.progress import Progress, keepalive
@@ -27,6 +34,7 @@ from azaion_workloads.training.progress import Progress, keepalive
 log = logging.getLogger(__name__)
 
 DONE_FILE = "training.json"
+POSITION_FILE = "position.json"
 #: Longest model and data set-up that keeps the liveness probe happy.
 SETUP_KEEPALIVE_SECONDS = 2 * 3600
 
@@ -76,7 +84,9 @@ class _Callbacks:
         self.progress = progress
         self.store = store
         self.started = time.monotonic()
+        self.last_saved = time.monotonic()
         self.first_epoch: int | None = None
+        self.position = PositionFile(settings.run_dir / POSITION_FILE)
         # ultralytics scans and caches every label before the first batch (minutes
         # on a large dataset) without a callback: beat from a thread until then.
         self.setup: keepalive | None = keepalive(progress, SETUP_KEEPALIVE_SECONDS).__enter__()
@@ -89,7 +99,7 @@ class _Callbacks:
         model.add_callback("on_fit_epoch_end", self.on_fit_epoch_end)
 
     def on_train_start(self, _trainer: Any) -> None:
-        self.started = time.monotonic()  # the ETA counts epochs, not model and data set-up
+        self.started = self.last_saved = time.monotonic()  # the ETA counts epochs, not model and data set-up
         self.end_setup()  # batches beat from now on
 
     def end_setup(self) -> None:
@@ -99,21 +109,48 @@ class _Callbacks:
 
     def on_batch_end(self, trainer: Any) -> None:
         self.progress.beat()
-        # Between batches nothing is half-written: the newest verified
-        # checkpoint stays the resume point and the partial epoch is redone.
-        self.progress.stop.check(f"epoch {trainer.epoch + 1}, between batches")
+        where = f"epoch {trainer.epoch + 1}, batch {trainer.batch_index + 1}"
+        if trainer.fast_forwarding:
+            # Passing over batches the checkpoint already holds: it is still the resume point.
+            self.progress.stop.check(where)
+            return
+        self.position.write(Position(trainer.epoch, trainer.batch_index + 1))
+        if not trainer.mid_epoch_capable:
+            # The newest verified checkpoint stays the resume point; the partial epoch is redone.
+            self.progress.stop.check(where)
+            return
+        interval = self.settings.checkpoint_interval_minutes * 60
+        due = self.progress.stop.requested or (interval > 0 and time.monotonic() - self.last_saved >= interval)
+        if due and trainer.at_step_boundary:
+            self.save_mid_epoch(trainer)
+            self.progress.stop.check(where)
+
+    def save_mid_epoch(self, trainer: Any) -> None:
+        started = time.monotonic()
+        checkpoint = self.store.keep_mid_epoch(trainer.mid_epoch_checkpoint())
+        self.last_saved = time.monotonic()
+        log.info(
+            "mid-epoch checkpoint %s (%.2f s)",
+            checkpoint.path.relative_to(self.settings.run_dir),
+            self.last_saved - started,
+        )
+        self.report_checkpoint(checkpoint)
+
+    def report_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self.progress.checkpoint(
+            epoch=checkpoint.epochs_done,
+            batch=checkpoint.batch,
+            path=str(checkpoint.path.relative_to(self.settings.layout.root)),
+            sha256=checkpoint.sha256,
+            saved_at=rfc3339(),
+        )
 
     def on_val_batch_end(self, _validator: Any) -> None:
         self.progress.beat()
 
     def on_model_save(self, trainer: Any) -> None:
-        checkpoint = self.store.keep_verified(trainer.last, trainer.epoch)
-        self.progress.checkpoint(
-            epoch=checkpoint.epochs_done,
-            path=str(checkpoint.path.relative_to(self.settings.layout.root)),
-            sha256=checkpoint.sha256,
-            saved_at=rfc3339(),
-        )
+        self.report_checkpoint(self.store.keep_verified(trainer.last, trainer.epoch))
+        self.last_saved = time.monotonic()
 
     def on_fit_epoch_end(self, trainer: Any) -> None:
         if trainer.epoch >= trainer.epochs:
@@ -136,6 +173,37 @@ class _Callbacks:
             **({"best_epoch": int(best_epoch)} if best_epoch else {}),
         )
         self.progress.stop.check(f"end of epoch {done}")
+
+
+class PositionFile:
+    """How far training got: rewritten after every batch, read by the next attempt.
+
+    Not fsynced (it is rewritten a thousand times an hour): a killed process
+    leaves it intact; after a machine crash it may be older, or unreadable, and
+    then the next attempt only cannot say how much it trains again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._temp = path.with_name(f".{path.name}.tmp")
+
+    def write(self, position: Position) -> None:
+        self._temp.write_text(json.dumps({"epochs": position.epochs, "batches": position.batches}))
+        os.replace(self._temp, self.path)
+
+    def read(self) -> Position | None:
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+            return Position(int(record["epochs"]), int(record["batches"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _redone(reached: Position | None, resumed: Position, batches_per_epoch: int) -> int | None:
+    """Batches trained before the interruption that are trained again from ``resumed``."""
+    if reached is None or reached < resumed:
+        return None
+    return (reached.epochs - resumed.epochs) * batches_per_epoch + reached.batches - resumed.batches
 
 
 def _float(source: dict[str, Any], key: str) -> float | None:
@@ -188,20 +256,25 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
             log.warning("best.pt does not load; using the verified checkpoint %s", resume.path)
             atomic_copy(resume.path, store.best)
         return _record(done_file, store.best, None, {})
+    from azaion_workloads.training.resumable import ResumableTrainer
+
     callbacks = _Callbacks(settings, progress, store)
+    reached = callbacks.position.read()
     try:
         if resume is not None:
             dropped = truncate_results(run_dir / "results.csv", resume.epochs_done)
             log.info(
-                "resuming at epoch %d of %d from %s%s",
+                "resuming at epoch %d of %d%s from %s%s",
                 resume.epochs_done + 1,
                 settings.epochs,
+                f", batch {resume.batch}" if resume.batch else "",
                 resume.path.relative_to(run_dir),
                 f" (dropped {dropped} results row(s) of epochs trained after it)" if dropped else "",
             )
             model = YOLO(str(resume.path))
             callbacks.register(model)
-            model.train(resume=str(resume.path), **common)
+            model.add_callback("on_train_start", lambda trainer: _report_resume(progress, trainer, resume, reached))
+            model.train(resume=str(resume.path), trainer=ResumableTrainer, **common)
         else:
             # No usable checkpoint: start over, without rows of an earlier try.
             (run_dir / "results.csv").unlink(missing_ok=True)
@@ -211,12 +284,14 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
             except FileNotFoundError as error:  # an unknown model YAML name: retrying cannot help
                 raise PermanentError(f"TRAINING_MODEL: {error}") from None
             callbacks.register(model)
+            model.add_callback("on_train_start", lambda trainer: _report_resume(progress, trainer, None, reached))
             model.train(
                 epochs=settings.epochs,
                 exist_ok=True,
                 project=str(run_dir.parent),
                 name=run_dir.name,
                 optimizer=settings.optimizer,
+                trainer=ResumableTrainer,
                 **settings.extra_args,
                 **common,
             )
@@ -235,6 +310,25 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
         int(best_epoch) if best_epoch else None,
         {k: v for k, v in metrics.items() if v is not None},
     )
+
+
+def _report_resume(progress: Progress, trainer: Any, resume: Checkpoint | None, reached: Position | None) -> None:
+    """Say in status where this attempt starts, and how much of the last attempt's work it redoes."""
+    if resume is None:
+        start = Position(0)
+    elif getattr(trainer, "resumed_from", None) is not None:
+        start = trainer.resumed_from
+    else:
+        start = Position(resume.epochs_done)  # at an epoch boundary (or a mid-epoch one that no longer fits)
+    redone = _redone(reached, start, len(trainer.train_loader))
+    if redone:
+        log.info("the interrupted attempt had trained %d batch(es) past this point; they are trained again", redone)
+    fields: dict[str, Any] = {"epoch": start.epochs, "batch": start.batches}
+    if redone is not None:
+        fields["redone_batches"] = redone
+    if os.environ.get("POD_NAME"):
+        fields["pod"] = os.environ["POD_NAME"]
+    progress.step("training", resumed_from=build(ResumePoint, **fields))
 
 
 def _record(done_file: Path, best: Path, best_epoch: int | None, metrics: dict[str, float]) -> TrainingResult:

@@ -1,0 +1,169 @@
+"""TrainingRuns queued by the real Kueue: quota, admission, preemption, deletion.
+
+Kueue's controller (built from its Go module) admits the runs' Jobs from a
+ClusterQueue with a quota of one GPU; pods are played by kwok
+(``azaion.local/hold`` keeps a trainer running, see hack/kwok-stages.yaml).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from azaion_devtools.processes import wait_until
+from tests.integration.test_trainingrun_operator import (
+    HOLD,
+    create_run,
+    jobs_of,
+    pods_of,
+    release,
+    run_body,
+    status_of,
+    wait_phase,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator", "data_claim", "kueue")]
+
+KUEUE = ("kueue.x-k8s.io", "v1beta2")
+
+
+def _create(api_client, plural: str, body: dict[str, Any], namespace: str | None = None) -> None:
+    api = client.CustomObjectsApi(api_client)
+    if namespace is None:
+        api.create_cluster_custom_object(*KUEUE, plural, body)
+    else:
+        api.create_namespaced_custom_object(*KUEUE, namespace, plural, body)
+
+
+@pytest.fixture
+def local_queue(api_client, namespace: str) -> Iterator[str]:
+    """A LocalQueue in the test's namespace, on a ClusterQueue of one GPU that preempts lower priorities."""
+    suffix = uuid.uuid4().hex[:6]
+    flavor, cluster_queue = f"gpu-{suffix}", f"gpus-{suffix}"
+    _create(
+        api_client,
+        "resourceflavors",
+        {"apiVersion": "/".join(KUEUE), "kind": "ResourceFlavor", "metadata": {"name": flavor}},
+    )
+    resources = [
+        {"name": "nvidia.com/gpu", "nominalQuota": 1},
+        {"name": "cpu", "nominalQuota": 64},
+        {"name": "memory", "nominalQuota": "512Gi"},
+    ]
+    _create(
+        api_client,
+        "clusterqueues",
+        {
+            "apiVersion": "/".join(KUEUE),
+            "kind": "ClusterQueue",
+            "metadata": {"name": cluster_queue},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "preemption": {"withinClusterQueue": "LowerPriority"},
+                "resourceGroups": [
+                    {
+                        "coveredResources": [r["name"] for r in resources],
+                        "flavors": [{"name": flavor, "resources": resources}],
+                    }
+                ],
+            },
+        },
+    )
+    body = {
+        "apiVersion": "/".join(KUEUE),
+        "kind": "LocalQueue",
+        "metadata": {"name": "gpus"},
+        "spec": {"clusterQueue": cluster_queue},
+    }
+    _create(api_client, "localqueues", body, namespace)
+    scheduling = client.SchedulingV1Api(api_client)
+    for name, value in ((f"low-{suffix}", 10), (f"high-{suffix}", 1000)):
+        scheduling.create_priority_class(client.V1PriorityClass(metadata=client.V1ObjectMeta(name=name), value=value))
+    yield suffix
+    api = client.CustomObjectsApi(api_client)
+    for name in (f"low-{suffix}", f"high-{suffix}"):
+        scheduling.delete_priority_class(name)
+    api.delete_cluster_custom_object(*KUEUE, "clusterqueues", cluster_queue)
+    api.delete_cluster_custom_object(*KUEUE, "resourceflavors", flavor)
+
+
+def _kueue_run(name: str, priority_class: str | None = None) -> dict[str, Any]:
+    resources: dict[str, Any] = {"gpus": 1, "cpu": "1", "memory": "1Gi"}
+    if priority_class:
+        resources["priorityClassName"] = priority_class
+    return run_body(name, queueName="gpus", resources=resources, podAnnotations=HOLD)
+
+
+def _suspended(api_client, namespace: str, run: str) -> bool:
+    (job,) = jobs_of(api_client, namespace, run)
+    return bool(job.spec.suspend)
+
+
+def test_kueue_admits_by_its_quota_and_the_next_run_waits_in_kueue(api_client, namespace, local_queue):
+    create_run(api_client, namespace, _kueue_run("first"))
+    wait_phase(api_client, namespace, "first", "Running")
+    (job,) = jobs_of(api_client, namespace, "first")
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpus"
+
+    create_run(api_client, namespace, _kueue_run("second"))
+    status = wait_phase(api_client, namespace, "second", "Queued")
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "WaitingForKueue" and "LocalQueue gpus" in progressing["message"]
+    assert status["attempts"] == 1 and _suspended(api_client, namespace, "second")
+    assert pods_of(api_client, namespace, "second") == [], "Kueue holds the Job: no pod takes a GPU"
+
+    release(api_client, namespace, "first")
+    wait_phase(api_client, namespace, "first", "Succeeded")
+    wait_phase(api_client, namespace, "second", "Running", timeout=60)
+    assert not _suspended(api_client, namespace, "second")
+    release(api_client, namespace, "second")
+    status = wait_phase(api_client, namespace, "second", "Succeeded")
+    assert (status["attempts"], status["failures"], status["preemptions"]) == (1, 0, 0)
+
+
+def test_a_higher_priority_run_preempts_and_the_victim_counts_a_preemption_and_resumes(
+    api_client, namespace, local_queue
+):
+    create_run(api_client, namespace, _kueue_run("victim", f"low-{local_queue}"))
+    wait_phase(api_client, namespace, "victim", "Running")
+    (first_pod,) = pods_of(api_client, namespace, "victim")
+
+    create_run(api_client, namespace, _kueue_run("urgent", f"high-{local_queue}"))
+    wait_phase(api_client, namespace, "urgent", "Running", timeout=60)
+    wait_until(lambda: status_of(api_client, namespace, "victim").get("preemptions") == 1, 30, "the preemption counted")
+    status = wait_phase(api_client, namespace, "victim", "Queued")
+    assert status["failures"] == 0 and status["attempts"] == 1, status
+    (entry,) = status["attemptHistory"]
+    assert entry["evictions"] == 1 and entry["outcome"] == "Running", entry
+    assert _suspended(api_client, namespace, "victim")
+
+    release(api_client, namespace, "urgent")
+    wait_phase(api_client, namespace, "urgent", "Succeeded")
+    wait_phase(api_client, namespace, "victim", "Running", timeout=60)
+    (second_pod,) = pods_of(api_client, namespace, "victim")
+    assert second_pod.metadata.uid != first_pod.metadata.uid, "the same Job, admitted again, runs a new pod"
+    release(api_client, namespace, "victim")
+    status = wait_phase(api_client, namespace, "victim", "Succeeded")
+    assert (status["attempts"], status["failures"], status["preemptions"]) == (1, 0, 1)
+
+
+def test_deleting_a_queued_run_deletes_its_job_and_kueue_forgets_it(api_client, namespace, local_queue):
+    create_run(api_client, namespace, _kueue_run("holder"))
+    wait_phase(api_client, namespace, "holder", "Running")
+    create_run(api_client, namespace, _kueue_run("waiting"))
+    wait_phase(api_client, namespace, "waiting", "Queued")
+    api = client.CustomObjectsApi(api_client)
+
+    def workloads() -> list[dict[str, Any]]:
+        return api.list_namespaced_custom_object(*KUEUE, namespace, "workloads")["items"]
+
+    assert len(workloads()) == 2
+    api.delete_namespaced_custom_object("ai.azaion.com", "v1alpha1", namespace, "trainingruns", "waiting")
+    wait_until(lambda: jobs_of(api_client, namespace, "waiting") == [], 30, "the run's Job to go")
+    wait_until(lambda: len(workloads()) == 1, 30, "Kueue to drop the Job's Workload")
+    release(api_client, namespace, "holder")
+    wait_phase(api_client, namespace, "holder", "Succeeded")
