@@ -349,6 +349,9 @@ BAD_VALUES = [
     ({"operator.runAsUser": 0}, "/operator/runAsUser", "minimum"),
     ({"operator.metricsPort": 80}, "/operator/metricsPort", "minimum"),
     ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0", "does not match pattern"),
+    ({"operator.queueing": "volcano"}, "/operator/queueing", "one of"),
+    ({"kueue.preemption": "Sometimes"}, "/kueue/preemption", "one of"),
+    ({"kueue.quota.gpus": -1}, "/kueue/quota/gpus", "minimum"),
     ({"data.size": "lots"}, "/data/size", "does not match pattern"),
     (
         {"annotationConsumer.offsetVolume.deletePolicy": "Keep"},

@@ -167,3 +167,24 @@ def test_deleting_a_queued_run_deletes_its_job_and_kueue_forgets_it(api_client, 
     wait_until(lambda: len(workloads()) == 1, 30, "Kueue to drop the Job's Workload")
     release(api_client, namespace, "holder")
     wait_phase(api_client, namespace, "holder", "Succeeded")
+
+
+def test_the_charts_default_queue_admits_a_run(api_client, cluster, namespace):
+    """kueue.create renders a ResourceFlavor, a ClusterQueue and LocalQueues that Kueue accepts and uses."""
+    from tests.integration.test_helm_chart import CHART, helm, set_args
+
+    suffix = uuid.uuid4().hex[:6]
+    values = {
+        "kueue.create": True,
+        "kueue.resourceFlavor": f"flavor-{suffix}",
+        "kueue.clusterQueue": f"queue-{suffix}",
+        "kueue.localQueueNamespaces": [namespace],
+    }
+    rendered = helm(cluster, "template", "kq", str(CHART), "-s", "templates/kueue.yaml", *set_args(values)).stdout
+    cluster.kubectl("apply", "-f", "-", input=rendered)
+    try:
+        create_run(api_client, namespace, run_body("charted", queueName="azaion", resources={"gpus": 1}))
+        status = wait_phase(api_client, namespace, "charted", "Succeeded", timeout=60)
+        assert (status["attempts"], status["failures"]) == (1, 0)
+    finally:
+        cluster.kubectl("delete", "--wait=false", "-f", "-", input=rendered, check=False)

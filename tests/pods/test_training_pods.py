@@ -204,16 +204,17 @@ def test_an_evicted_trainer_resumes_mid_epoch_and_counts_as_a_preemption(
     status = wait_for_run(api_client, namespace, "evicted", lambda s: s.get("phase") == "Succeeded", 900, "success")
     assert status.get("preemptions") == 1, status
     assert not status.get("failures"), "an eviction is never a failure"
-    first_attempt, second_attempt = status["attemptHistory"]
-    assert first_attempt["outcome"] == "Preempted", first_attempt
-    resumed = second_attempt["resumedFrom"]
+    # The Job replaced the evicted pod itself: one attempt, whose second pod resumed.
+    (attempt,) = status["attemptHistory"]
+    assert status["preemptedPods"] == [first.metadata.name], status
+    resumed = attempt["resumedFrom"]
+    second = trainer_pods(api_client, namespace, "evicted")[-1]
+    assert second.metadata.uid != first.metadata.uid and resumed["pod"] == second.metadata.name, resumed
     assert resumed["epoch"] == 0 and 0 < resumed["batch"] < 140, resumed
     assert resumed["redoneBatches"] == 0, "the evicted pod saved where it stopped"
-    second = trainer_pods(api_client, namespace, "evicted")[-1]
-    assert second.metadata.uid != first.metadata.uid
     log = pod_log(cluster, namespace, second.metadata.name)
     assert f"resuming at batch {resumed['batch']} of 140 of epoch 1" in log
-    print(f"evicted pod {first.metadata.uid}; attempt 2 resumed at batch {resumed['batch']} of epoch 1")
+    print(f"evicted pod {first.metadata.uid}; its replacement resumed at batch {resumed['batch']} of epoch 1")
 
 
 def test_suspend_stops_the_trainer_resumably_and_unsuspend_resumes(
