@@ -380,3 +380,45 @@ def test_kueue_jobs_are_created_suspended_with_the_queue_label():
     assert "suspend" not in job["spec"] and "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
     with pytest.raises(SystemExit, match="AZAION_QUEUEING"):
         OperatorConfig.from_env({"AZAION_QUEUEING": "volcano"})
+
+
+def test_an_api_call_to_a_server_that_never_answers_times_out():
+    import socket
+    import threading
+    import time as clock
+
+    from kubernetes import client as k8s
+    from urllib3.exceptions import ReadTimeoutError
+
+    from azaion_operator.kit import kube
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    configuration = k8s.Configuration(host=f"http://127.0.0.1:{listener.getsockname()[1]}")
+    configuration.retries = False
+    api = k8s.CoreV1Api(kube.BoundedApiClient(configuration))
+    saved, kube.REQUEST_TIMEOUT_SECONDS = kube.REQUEST_TIMEOUT_SECONDS, 0.5
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            api.list_node()
+        except Exception as error:
+            raised.append(error)
+
+    caller = threading.Thread(target=call, daemon=True)
+    started = clock.monotonic()
+    try:
+        caller.start()
+        caller.join(timeout=10)  # without a bound the call would still be waiting
+    finally:
+        kube.REQUEST_TIMEOUT_SECONDS = saved
+        listener.close()
+        for connection in accepted:
+            connection.close()
+    assert not caller.is_alive(), "the call is still waiting on a server that never answers"
+    assert len(raised) == 1 and isinstance(raised[0], ReadTimeoutError), raised
+    assert clock.monotonic() - started < 5

@@ -16,13 +16,28 @@ from azaion_contract import API_GROUP, API_VERSION
 log = logging.getLogger(__name__)
 
 
+#: Longest one API call may take (seconds). Without a bound, one stuck connection holds a
+#: worker thread, and the periodic resync waiting on it, forever.
+REQUEST_TIMEOUT_SECONDS = 60.0
+
+
+class BoundedApiClient(client.ApiClient):
+    """An API client whose every call has a timeout, unless the caller gives one."""
+
+    def call_api(  # type: ignore[no-untyped-def]
+        self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None
+    ):
+        timeout = REQUEST_TIMEOUT_SECONDS if _request_timeout is None else _request_timeout
+        return super().call_api(method, url, header_params, body, post_params, _request_timeout=timeout)
+
+
 @functools.cache
 def api_client() -> client.ApiClient:
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient()
+    return BoundedApiClient()
 
 
 def custom() -> client.CustomObjectsApi:
