@@ -114,28 +114,31 @@ def test_sigterm_mid_epoch_resumes_at_that_batch_and_ends_bitwise_equal(tmp_path
 
 
 def test_sigkill_loses_at_most_the_checkpoint_interval(tmp_path: Path) -> None:
-    interval_seconds = 3.0
+    interval_seconds = 2.0
     run = _run(tmp_path, "killed", TRAINING_EPOCHS="1", TRAINING_CHECKPOINT_INTERVAL_MINUTES=str(interval_seconds / 60))
+    # A random batch late enough for a checkpoint at any speed (at 22 batches/s, 100 batches
+    # are 4.5 s), early enough that the epoch has not ended.
+    kill_at = random.Random().randrange(100, BATCHES - 10)
     first = run.start("run-1.log")
     trained: list[tuple[float, Position]] = []  # when the test saw each position
     try:
         _wait_for_batches(run, first, Position(0, 1))
-        kill_after = random.Random().uniform(2 * interval_seconds, 4 * interval_seconds)
-        deadline = time.monotonic() + kill_after
-        while time.monotonic() < deadline and first.alive():
+        while first.alive():
             position = _position(run)
             if position is not None and (not trained or position != trained[-1][1]):
                 trained.append((time.monotonic(), position))
-            time.sleep(0.02)
+            if position is not None and position.batches >= kill_at:
+                break
+            time.sleep(0.01)
         assert first.alive(), first.log_tail()
         first.kill()
         killed = time.monotonic()
     finally:
         first.stop()
     reached = _position(run)
-    assert reached is not None and reached.batches < BATCHES, "killed too late: the epoch had ended"
+    assert reached is not None and reached.epochs == 0 and reached.batches < BATCHES, reached
     log = (run.tmp / "run-1.log").read_text()
-    assert log.count("mid-epoch checkpoint") >= 2, log[-3000:]
+    assert "mid-epoch checkpoint" in log, log[-3000:]
 
     code, log = run.run("run-2.log", timeout=600)
     assert code == 0, log[-3000:]
