@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from azaion_devtools.synthetic import write_annotations
+from azaion_workloads.training.train import POSITION_FILE, PositionFile
 
 IMAGES, BATCHES, IMGSZ = 460, 207, 64
 INTERVAL_SECONDS = 3.0
@@ -75,11 +76,8 @@ class Run:
             return subprocess.Popen(command, env=self.env, stdout=handle, stderr=subprocess.STDOUT)
 
     def position(self) -> tuple[int, int] | None:
-        try:
-            record = json.loads((self.run_dir / "position.json").read_text())
-            return int(record["epochs"]), int(record["batches"])
-        except (OSError, ValueError, KeyError):
-            return None
+        reached = PositionFile(self.run_dir / POSITION_FILE).read()
+        return None if reached is None else (reached.epochs, reached.batches)
 
     def resumed_from(self) -> dict[str, int]:
         status = json.loads((self.run_dir / "status.json").read_text())

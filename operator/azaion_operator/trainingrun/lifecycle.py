@@ -166,11 +166,11 @@ class _Builder:
     def note_evictions(self, attempt: int, count: int) -> None:
         """Record Kueue's preemptions of ``attempt``'s Job; each new one is a preemption and an Event."""
         entry = next((r for r in self.history if r.get("attempt") == attempt), None)
-        if entry is None or count <= int(entry.get("evictions") or 0):
+        counted = int((entry or {}).get("evictions") or 0)
+        if entry is None or count <= counted:
             return
-        new = count - int(entry.get("evictions") or 0)
         entry["evictions"] = count
-        self.decision.preemptions += new
+        self.decision.preemptions += count - counted
         self.decision.events.append(
             (
                 "Warning",

@@ -140,10 +140,8 @@ class _TrainLoader:
         if resume is not None:
             skipped = resume.position.batches
             yield from trainer.placeholders(resume)
-        batches = iter(self._loader)
-        if resume is not None:
             trainer.restore(resume)  # before the first real batch is loaded: its augmentation draws come next
-        for index, batch in enumerate(itertools.islice(batches, len(self._loader) - skipped), skipped):
+        for index, batch in enumerate(itertools.islice(self._loader, len(self._loader) - skipped), skipped):
             trainer.batch_index = index
             yield batch
 

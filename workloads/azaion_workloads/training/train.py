@@ -79,14 +79,19 @@ def resolve_device(requested: str) -> str:
 class _Callbacks:
     """ultralytics callbacks: heartbeat, stop at safe points, progress, verified copies."""
 
-    def __init__(self, settings: TrainingSettings, progress: Progress, store: CheckpointStore):
+    def __init__(
+        self, settings: TrainingSettings, progress: Progress, store: CheckpointStore, resume: Checkpoint | None
+    ):
         self.settings = settings
         self.progress = progress
         self.store = store
+        self.resume = resume
         self.started = time.monotonic()
         self.last_saved = time.monotonic()
         self.first_epoch: int | None = None
         self.position = PositionFile(settings.run_dir / POSITION_FILE)
+        #: How far the interrupted attempt got (read before this one rewrites it).
+        self.reached = self.position.read()
         # ultralytics scans and caches every label before the first batch (minutes
         # on a large dataset) without a callback: beat from a thread until then.
         self.setup: keepalive | None = keepalive(progress, SETUP_KEEPALIVE_SECONDS).__enter__()
@@ -98,9 +103,10 @@ class _Callbacks:
         model.add_callback("on_model_save", self.on_model_save)
         model.add_callback("on_fit_epoch_end", self.on_fit_epoch_end)
 
-    def on_train_start(self, _trainer: Any) -> None:
+    def on_train_start(self, trainer: Any) -> None:
         self.started = self.last_saved = time.monotonic()  # the ETA counts epochs, not model and data set-up
         self.end_setup()  # batches beat from now on
+        _report_resume(self.progress, trainer, self.resume, self.reached)
 
     def end_setup(self) -> None:
         if self.setup is not None:
@@ -258,8 +264,7 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
         return _record(done_file, store.best, None, {})
     from azaion_workloads.training.resumable import ResumableTrainer
 
-    callbacks = _Callbacks(settings, progress, store)
-    reached = callbacks.position.read()
+    callbacks = _Callbacks(settings, progress, store, resume)
     try:
         if resume is not None:
             dropped = truncate_results(run_dir / "results.csv", resume.epochs_done)
@@ -273,7 +278,6 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
             )
             model = YOLO(str(resume.path))
             callbacks.register(model)
-            model.add_callback("on_train_start", lambda trainer: _report_resume(progress, trainer, resume, reached))
             model.train(resume=str(resume.path), trainer=ResumableTrainer, **common)
         else:
             # No usable checkpoint: start over, without rows of an earlier try.
@@ -284,7 +288,6 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
             except FileNotFoundError as error:  # an unknown model YAML name: retrying cannot help
                 raise PermanentError(f"TRAINING_MODEL: {error}") from None
             callbacks.register(model)
-            model.add_callback("on_train_start", lambda trainer: _report_resume(progress, trainer, None, reached))
             model.train(
                 epochs=settings.epochs,
                 exist_ok=True,
