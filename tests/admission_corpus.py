@@ -189,6 +189,8 @@ TRAININGRUN = Kind(
         *bad("spec.training.batch", 0, 5000),
         *bad("spec.training.imgsz", 31, 100, 8224),
         *bad("spec.training.savePeriod", 0),
+        *bad("spec.training.checkpointIntervalMinutes", -1, 1441, 2.5),
+        *bad("spec.queueName", "Team_A", "", "-gpus"),
         *bad("spec.training.workers", -1, 65),
         *bad("spec.training.patience", -1),
         *bad("spec.training.optimizer", "Magic"),
@@ -272,6 +274,8 @@ TRAININGRUN = Kind(
         *good("spec.dataset.classesFile", "config/classes.json", "./classes.json"),
         *good("spec.export.onnx.parity.tolerance", 0, 1, 0.05),
         *good("spec.export.onnx.parity", {"enabled": False}, {"maxImages": 1}),
+        *good("spec.training.checkpointIntervalMinutes", 0, 1440),
+        *good("spec.queueName", "gpus", "team-a.gpus"),
         Case(
             {
                 "spec.resources": {
