@@ -27,7 +27,17 @@ if ! command -v go >/dev/null 2>&1; then
   exit 2
 fi
 
-export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--trimpath}" GOTOOLCHAIN=local
+export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--trimpath -modcacherw}" GOTOOLCHAIN=local
+# The builds' Go caches are their own and go once the binaries are in place:
+# the binaries are the cache, and Go's would grow by gigabytes per tool version.
+export GOCACHE="$tools_dir/.go/build" GOMODCACHE="$tools_dir/.go/mod"
+built_any=0
+drop_go_caches() {
+  local rc=$?
+  if [ "$rc" = 0 ] && [ "$built_any" = 1 ]; then rm -rf "$tools_dir/.go"; fi
+  return "$rc"
+}
+trap drop_go_caches EXIT
 
 # build NAME VERSION DEST_DIR COMMAND...: runs COMMAND (which must leave the binaries
 # in DEST_DIR) unless DEST_DIR/.complete exists; on failure, names the log file.
@@ -45,6 +55,7 @@ build() {
     exit 3
   fi
   touch "$dest/.complete"
+  built_any=1
   echo "built $name $version in $((SECONDS - start))s" >&2
 }
 

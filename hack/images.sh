@@ -312,6 +312,9 @@ build() {
       docker image rm "$old" >/dev/null 2>&1 || true
     fi
   done
+  # What failed builds left: untagged images no image builds on (the cache of
+  # the tagged ones stays).
+  docker image prune -f >/dev/null
 }
 
 sizes() {
@@ -328,7 +331,10 @@ sizes() {
 }
 
 # docker save | ctr import, skipped when containerd already holds that build
-# (the same inputs label, copied onto the containerd image).
+# (the same inputs label, copied onto the containerd image). The build it
+# replaces is removed first, and its layers with it, before the new one is
+# written: a lock change makes a new multi-gigabyte layer, and holding the old
+# and the new at once (content and unpacked snapshot each) is what fills a disk.
 load_containerd() {
   local socket="${1:-}" name ref key start
   [ -n "$socket" ] || die "usage: hack/images.sh load-containerd SOCKET [operator|queue|training ...]"
@@ -347,6 +353,9 @@ load_containerd() {
       continue
     fi
     start=$SECONDS
+    if ctr -a "$socket" -n k8s.io images ls -q "name==$ref" 2>/dev/null | grep -qx "$ref"; then
+      ctr -a "$socket" -n k8s.io images rm --sync "$ref" >/dev/null
+    fi
     docker save "$ref" | ctr -a "$socket" -n k8s.io images import - >/dev/null
     ctr -a "$socket" -n k8s.io images label "$ref" "azaion.local.inputs=$key" >/dev/null
     echo "$name: imported into containerd in $((SECONDS - start)) s ($ref)"
