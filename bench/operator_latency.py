@@ -7,22 +7,27 @@ subprocess, and measures from the create call of a TrainingRun until its Job
 is visible through a watch, for 1 run and for a burst of N runs. The
 baseline is the same measurement for a Job created directly (the floor any
 controller pays: API write plus watch delivery), so the ratio is the
-operator's own cost. Prints p50/p99 and the operator's resident memory.
+operator's own cost. Prints p50/p99, the operator's resident memory, and the
+API calls the operator made per run of the burst (from the control plane's
+audit log, until the runs settle), by verb and resource.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 from kubernetes import client, config, watch
 
+from azaion_devtools.audit import AuditLog
 from azaion_devtools.cluster import REPO, Cluster, apply_crds, start_operator, trainingrun
 
 GROUP, VERSION, PLURAL = "ai.azaion.com", "v1alpha1", "trainingruns"
@@ -31,6 +36,12 @@ GROUP, VERSION, PLURAL = "ai.azaion.com", "v1alpha1", "trainingruns"
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of the process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -104,6 +115,45 @@ def measure(create, names: list[str], watcher: JobWatcher, job_of) -> list[float
     return [watcher.seen[job_of(n)] - sent[n] for n in names]
 
 
+def gone(core: client.CoreV1Api, namespace: str, timeout: float = 120) -> None:
+    """Wait until the namespace is deleted, so that the next measurement starts on a quiet cluster."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(namespace)
+        except client.ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        time.sleep(1)
+
+
+def settle(custom: client.CustomObjectsApi, namespace: str, names: list[str], quiet: float = 3.0) -> None:
+    """Wait until every run is Pending and nothing about them changed for ``quiet`` seconds."""
+    wanted, last, changed = set(names), None, time.monotonic()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        runs = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+        mine = [r for r in runs if r["metadata"]["name"] in wanted]
+        versions = sorted(r["metadata"]["resourceVersion"] for r in mine)
+        if versions != last:
+            last, changed = versions, time.monotonic()
+        pending = all((r.get("status") or {}).get("phase") == "Pending" for r in mine)
+        if pending and time.monotonic() - changed >= quiet:
+            return
+        time.sleep(0.5)
+
+
+def print_calls(calls: Counter[str] | None, runs: int) -> None:
+    if calls is None:
+        print("API calls per run: no audit log (start the control plane with hack/cluster.sh up)")
+        return
+    total = sum(calls.values())
+    print(f"API calls per run (burst, until settled): {total / runs:.1f}")
+    for call, count in calls.most_common():
+        print(f"    {count / runs:5.2f}  {call}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=100)
@@ -115,10 +165,13 @@ def main() -> None:
     cluster = Cluster(kubeconfig=kubeconfig, bin_dir=Path(state["bin_dir"]), simulated=True)
     apply_crds(cluster)
     config.load_kube_config(str(kubeconfig))
-    core, batch, custom = client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi()
+    api = client.ApiClient()
+    api.user_agent = "azaion-bench"  # not counted as the operator's calls
+    core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     operator, _ = start_operator(cluster, Path("/tmp") / namespace, interval=5.0)
+    audit = AuditLog(kubeconfig.parent / "audit.log")
     watcher = JobWatcher(batch, namespace)
     try:
 
@@ -136,8 +189,12 @@ def main() -> None:
         one = measure(create_run, ["single"], watcher, lambda n: f"{n}-a1")
         names = [f"r{i:03d}" for i in range(args.runs)]
         base_many = measure(create_job, [f"direct-{n}" for n in names], watcher, lambda n: n)
+        mark, cpu_before = audit.mark(), cpu_seconds(operator.pid)
         many = measure(create_run, names, watcher, lambda n: f"{n}-a1")
         rss_loaded = rss_mib(operator.pid)
+        settle(custom, namespace, names)
+        cpu_per_run = (cpu_seconds(operator.pid) - cpu_before) / args.runs
+        calls = audit.calls_since(mark, {namespace}) if audit.available() else None
 
         def line(label: str, values: list[float], baseline: list[float]) -> str:
             p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
@@ -150,10 +207,13 @@ def main() -> None:
         print(line("1 TrainingRun", one, base_one))
         print(line(f"{args.runs} TrainingRuns (burst)", many, base_many))
         print(f"operator RSS: {rss_idle:.0f} MiB idle, {rss_loaded:.0f} MiB with {args.runs + 1} runs")
+        print(f"operator CPU per run (burst, until settled): {cpu_per_run * 1000:.1f} ms")
+        print_calls(calls, args.runs)
     finally:
         watcher.stop()
         operator.stop()
         core.delete_namespace(namespace)
+        gone(core, namespace)
 
 
 if __name__ == "__main__":

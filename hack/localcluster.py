@@ -364,6 +364,24 @@ def advertise_address_args() -> list[str]:
     raise ClusterError("no default route and no non-loopback address for kube-apiserver to advertise")
 
 
+#: Every API request's metadata (who, verb, resource, user agent), one JSON line each:
+#: what the benchmarks count calls per run from, and a record of who changed what.
+AUDIT_LOG = STATE_DIR / "audit.log"
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+"""
+
+
+def audit_args() -> list[str]:
+    policy = STATE_DIR / "audit-policy.yaml"
+    policy.write_text(AUDIT_POLICY)
+    return [f"--audit-policy-file={policy}", f"--audit-log-path={AUDIT_LOG}",
+            "--audit-log-maxsize=200", "--audit-log-maxbackup=1"]  # fmt: skip
+
+
 def start_plane(bin_dir: Path, gpus: int, pvs: int, host: str | None) -> None:
     """The control plane; with ``host`` (the host address) also the real node."""
     ports = PORTS.named() | (PORTS.named_node() if host else {})
@@ -409,6 +427,7 @@ def start_plane(bin_dir: Path, gpus: int, pvs: int, host: str | None) -> None:
         "--allow-privileged=true",
         "--enable-admission-plugins=NodeRestriction,DefaultStorageClass,RuntimeClass,PodSecurity",
         "--event-ttl=1h",
+        *audit_args(),
         *(api_server_node_args(node, host) if node and host else ["--bind-address=127.0.0.1",
                                                                   *advertise_address_args()]),
     ])  # fmt: skip

@@ -31,7 +31,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=API_GROUP, key="last-handled-configuration"
     )
-    settings.posting.level = logging.INFO
+    # kopf's own Events ("Handler ... succeeded") are one more write per handled
+    # change; the operator posts its own Events on every transition.
+    settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
     settings.batching.error_delays = [1, 2, 5, 10, 30]
 

@@ -291,7 +291,8 @@ def test_a_missing_data_claim_is_a_condition_and_one_event_and_creating_it_lets_
     stuck = condition(api_client, namespace, "waits", "Reconciled")
     assert stuck["reason"] == "ClaimNotFound"
     assert "spec.dataVolume.claimName" in stuck["message"] and "late-data" in stuck["message"]
-    assert status_of(api_client, namespace, "waits").get("phase") == "Pending"
+    # The condition and the phase are two writes (children, then health): the phase follows.
+    wait_until(lambda: status_of(api_client, namespace, "waits").get("phase") == "Pending", 10, "phase Pending")
     assert_stuck_quietly(api_client, operator, namespace, "waits", "ClaimNotFound")
 
     client.CoreV1Api(api_client).create_namespaced_persistent_volume_claim(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
 from azaion_contract import API_GROUP, API_VERSION, LABEL_TRAININGRUN
 from azaion_contract.models.trainingrun import PLURAL, Phase, TrainingRunSpec
-from azaion_contract.timefmt import now
+from azaion_contract.timefmt import now, parse_rfc3339_or_none
 from azaion_operator import metrics, resync
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit import kube
@@ -27,30 +28,57 @@ SAFETY_NET_SECONDS = 60.0
 TTL_CHECK_SECONDS = 10.0
 
 
-@kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
-@kopf.on.create(API_GROUP, API_VERSION, PLURAL)
-@kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec")
-def on_run_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
+def on_run_event(namespace: str, name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A run appeared (or was listed at start-up) or its spec changed.
+
+    An event handler rather than kopf's create/update/resume handlers: those
+    keep their progress and the last handled spec in annotations, two more
+    writes to every run on every change, while :func:`reconcile` needs no
+    memory of earlier calls. Status writes (ours, and the trainer's progress
+    reports) leave the generation as it was and are skipped here, as is a run
+    the resync got to first; a reconcile that failed leaves its generation
+    unhandled, and the resync retries it.
+    """
+    if type == "DELETED":
+        return
+    if controller.handled_generation.get((namespace, name)) == body.metadata.get("generation"):
+        return
     controller.reconcile(namespace, name, memo.config)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_TRAININGRUN: kopf.PRESENT})
 def on_job_event(namespace: str, labels: dict[str, str], type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    if type is None:  # the initial listing; the resume handler covers it
+    # The initial listing: the runs' own listing covers it. A Job just created:
+    # it has no status yet, and the run already says its attempt started.
+    if type in (None, "ADDED"):
         return
-    controller.reconcile(namespace, labels[LABEL_TRAININGRUN], memo.config)
+    _follow_ups.submit(_follow_up, namespace, labels[LABEL_TRAININGRUN], memo.config)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_TRAININGRUN: kopf.PRESENT})
 def on_pod_event(namespace: str, name: str, labels: dict[str, str], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if is_disrupted(dict(body)) and controller.record_disruption(namespace, labels[LABEL_TRAININGRUN], name):
-        controller.reconcile(namespace, labels[LABEL_TRAININGRUN], memo.config)
+        _follow_ups.submit(_follow_up, namespace, labels[LABEL_TRAININGRUN], memo.config)
+
+
+#: Reconciles prompted by a run's Job or pods, in threads of their own: a burst
+#: of new runs (kopf's workers) never waits behind the follow-ups of the runs
+#: created before them.
+_follow_ups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="trainingrun-follow-up")
+
+
+def _follow_up(namespace: str, name: str, config: OperatorConfig) -> None:
+    try:
+        controller.reconcile(namespace, name, config)
+    except Exception:  # the resync's safety net looks at the run again
+        log.exception("reconcile of %s after an event of its Job or pods failed", name)
 
 
 def _due(run: dict[str, Any], monotonic_now: float) -> bool:
-    """Runs whose next step depends on time rather than on an event."""
-    status = run.get("status") or {}
-    key = (run["metadata"]["namespace"], run["metadata"]["name"])
+    """Runs whose next step depends on time rather than on an event (queued runs: see resync_once)."""
+    meta, status = run["metadata"], run.get("status") or {}
+    key = (meta["namespace"], meta["name"])
     since = monotonic_now - controller.last_reconciled.get(key, 0)
     if status.get("phase") in TERMINAL:
         try:
@@ -58,8 +86,16 @@ def _due(run: dict[str, Any], monotonic_now: float) -> bool:
         except ValueError:
             return False
         return ttl_expired(spec, status, now()) and since > TTL_CHECK_SECONDS
-    waiting = status.get("phase") in (None, Phase.QUEUED) or status.get("nextAttemptAt")
-    return bool(waiting) or since > SAFETY_NET_SECONDS
+    if controller.handled_generation.get(key) != meta.get("generation"):
+        return True  # never reconciled to the end at this spec
+    retry_at = parse_rfc3339_or_none(status.get("nextAttemptAt"))
+    if retry_at is not None and retry_at <= now():
+        return True
+    if status.get("phase") == Phase.QUEUED:
+        # The built-in queue's runs (they show a place in line) move by its plan;
+        # Kueue's are looked at every time.
+        return status.get("queuePosition") is None
+    return since > SAFETY_NET_SECONDS
 
 
 @resync.register
@@ -71,10 +107,14 @@ def resync_once(config: OperatorConfig) -> None:
     for phase in Phase:
         metrics.RUNS_BY_PHASE.labels(phase.value).set(phases.get(phase.value, 0))
     controller.forget_except((r["metadata"]["namespace"], r["metadata"]["name"]) for r in runs)
-    for run in runs:
-        if run["metadata"].get("deletionTimestamp") or not _due(run, monotonic_now):
-            continue
+    due = [
+        (run["metadata"]["namespace"], run["metadata"]["name"])
+        for run in runs
+        if not run["metadata"].get("deletionTimestamp") and _due(run, monotonic_now)
+    ]
+    # The queued runs: one plan of the whole queue says which start and whose place changed.
+    for namespace, name in dict.fromkeys([*due, *controller.queue_moves()]):
         try:
-            controller.reconcile(run["metadata"]["namespace"], run["metadata"]["name"], config)
+            controller.reconcile(namespace, name, config)
         except Exception:
-            log.exception("periodic reconcile of %s failed", run["metadata"]["name"])
+            log.exception("periodic reconcile of %s failed", name)

@@ -192,6 +192,22 @@ class _Builder:
                 entry["resumedFrom"] = point
 
 
+#: Places in line shown exactly; further back a shown place changes once it is 10% off.
+EXACT_POSITIONS = 10
+
+
+def shown_position(position: int, shown: int | None) -> int:
+    """The place in line a queued run's status shows.
+
+    Exact near the head of the line; further back the shown place stays until
+    the true one is 10% away, so a queue of a thousand runs does not rewrite
+    every queued run's status each time one run starts.
+    """
+    if shown is None or min(position, shown) <= EXACT_POSITIONS or abs(position - shown) * 10 >= shown:
+        return position
+    return shown
+
+
 def _backoff(spec: TrainingRunSpec, failures: int) -> timedelta:
     base = timedelta(seconds=spec.failure_policy.backoff_seconds)
     return min(MAX_BACKOFF, base * (2 ** max(0, failures - 1)))
@@ -285,6 +301,8 @@ def decide(
 
     if spec.resources.gpus > 0 and kueue is None and not (admission and admission.admitted):
         position = admission.position if admission else None
+        if position is not None:
+            position = shown_position(position, status.get("queuePosition"))
         b.decision.set_status(queue_position=position)
         b.set_phase(
             Phase.QUEUED, "WaitingForGPU", f"waiting for {spec.resources.gpus} free GPU(s); position {position}"

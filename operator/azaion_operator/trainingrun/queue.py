@@ -7,7 +7,7 @@ served) and never fragments the GPUs of a single box.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,12 +51,24 @@ def plan(waiting: Iterable[Waiting], free_gpus: int) -> Plan:
     return Plan(admitted=admitted, positions=positions)
 
 
-def line_up(runs: Iterable[dict[str, Any]], asking: Key) -> tuple[list[Waiting], int]:
+def parse_spec(run: dict[str, Any]) -> TrainingRunSpec | None:
+    try:
+        return TrainingRunSpec.model_validate(run["spec"])
+    except ValueError:
+        return None
+
+
+def line_up(
+    runs: Iterable[dict[str, Any]],
+    asking: Key | None,
+    spec_of: Callable[[dict[str, Any]], TrainingRunSpec | None] = parse_spec,
+) -> tuple[list[Waiting], int]:
     """The GPU runs waiting for admission, and the GPUs the others hold.
 
     A run with an attempt under way (or between attempts, in retry backoff)
     keeps its GPUs; the run asking now does not count against itself. Suspended
-    and finished runs neither wait nor hold; CPU runs never enter the queue.
+    and finished runs neither wait nor hold; CPU runs never enter the queue;
+    neither does a run whose spec does not validate (``spec_of`` gives None).
     """
     waiting: list[Waiting] = []
     reserved = 0
@@ -64,11 +76,8 @@ def line_up(runs: Iterable[dict[str, Any]], asking: Key) -> tuple[list[Waiting],
         meta, status = run["metadata"], run.get("status") or {}
         if meta.get("deletionTimestamp"):
             continue
-        try:
-            spec = TrainingRunSpec.model_validate(run["spec"])
-        except ValueError:
-            continue
-        if spec.resources.gpus == 0 or status.get("phase") in _FINISHED:
+        spec = spec_of(run)
+        if spec is None or spec.resources.gpus == 0 or status.get("phase") in _FINISHED:
             continue
         key = (meta["namespace"], meta["name"])
         active = status.get("phase") in (Phase.PENDING, Phase.RUNNING) and status.get("jobName")

@@ -35,17 +35,31 @@ from azaion_operator.trainingrun.lifecycle import (
     count_disruption,
     decide,
     needs_admission,
+    shown_position,
 )
-from azaion_operator.trainingrun.queue import free_gpus, line_up, plan
+from azaion_operator.trainingrun.queue import Plan, free_gpus, line_up, plan
+from azaion_operator.trainingrun.snapshot import QueueSnapshot
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 
 _run_locks: defaultdict[Key, threading.Lock] = defaultdict(threading.Lock)
+#: Runs with a reconcile waiting for their lock (not yet reading the run).
+_waiting: set[Key] = set()
+_waiting_lock = threading.Lock()
 _admission_lock = threading.Lock()
 #: When each run was last reconciled (monotonic seconds): the resync's safety net.
 last_reconciled: dict[Key, float] = {}
+#: The spec generation each run was last reconciled at to the end: a change of
+#: the run that leaves it (a status write) needs no reconcile of its own.
+handled_generation: dict[Key, int] = {}
+#: What admissions decide on (read and written under ``_admission_lock`` only).
+_snapshot = QueueSnapshot(
+    list_runs=lambda: kube.list_resources(PLURAL),
+    list_nodes=kube.list_nodes,
+    list_foreign_pods=lambda: kube.list_pods(None, f"!{LABEL_TRAININGRUN}"),
+)
 
 
 def forget_except(present: Iterable[Key]) -> None:
@@ -54,15 +68,28 @@ def forget_except(present: Iterable[Key]) -> None:
     for key in [k for k in _run_locks if k not in keep]:
         if not _run_locks[key].locked():
             del _run_locks[key]
-    for key in [k for k in last_reconciled if k not in keep]:
-        del last_reconciled[key]
+    for bookkeeping in (last_reconciled, handled_generation):
+        for key in [k for k in bookkeeping if k not in keep]:
+            del bookkeeping[key]
 
 
 def reconcile(namespace: str, name: str, config: OperatorConfig) -> Decision | None:
-    """Bring one run one step closer to its spec. Safe to call any number of times."""
+    """Bring one run one step closer to its spec. Safe to call any number of times.
+
+    Calls for a run that already has one waiting to start add nothing (that one
+    reads the run after whatever prompted this call) and return None at once:
+    a burst of events for one run costs one reconcile, not one each.
+    """
+    key = (namespace, name)
+    with _waiting_lock:
+        if key in _waiting:
+            return None
+        _waiting.add(key)
     started = time.monotonic()
-    with _run_locks[(namespace, name)]:
-        last_reconciled[(namespace, name)] = time.monotonic()
+    with _run_locks[key]:
+        with _waiting_lock:
+            _waiting.discard(key)
+        last_reconciled[key] = time.monotonic()
         try:
             return _reconcile_locked(namespace, name, config)
         except Exception:
@@ -86,14 +113,41 @@ def record_disruption(namespace: str, run_name: str, pod: str) -> bool:
         return True
 
 
-def _admission(namespace: str, name: str) -> Admission:
-    """Where this run stands in the GPU queue, from all runs and the GPUs other pods hold."""
-    waiting, reserved = line_up(kube.list_resources(PLURAL), (namespace, name))
-    foreign_pods = kube.list_pods(None, f"!{LABEL_TRAININGRUN}")
-    decision = plan(waiting, free_gpus(kube.list_nodes(), foreign_pods, reserved))
+def _plan(asking: Key | None) -> Plan:
+    """The GPU queue now, from all runs and the GPUs other pods hold (under ``_admission_lock``)."""
+    waiting, reserved = line_up(_snapshot.runs(), asking, _snapshot.spec)
+    decision = plan(waiting, free_gpus(_snapshot.nodes(), _snapshot.foreign_pods(), reserved))
     metrics.QUEUE_LENGTH.set(len(decision.positions))
-    key = (namespace, name)
+    return decision
+
+
+def _admission(run: dict) -> Admission:
+    """Where this run (as just read) stands in the GPU queue."""
+    _snapshot.saw(run)
+    key = (run["metadata"]["namespace"], run["metadata"]["name"])
+    decision = _plan(key)
     return Admission(admitted=key in decision.admitted, position=decision.positions.get(key))
+
+
+def queue_moves(admitted_only: bool = False) -> list[Key]:
+    """The queued runs one plan of the whole queue says to look at: those it admits now,
+    and (unless ``admitted_only``) those whose shown place in line changes.
+
+    One plan for the whole queue, instead of one admission per queued run.
+    """
+    with _admission_lock:
+        decision = _plan(None)
+        runs = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in _snapshot.runs()}
+    moves = [key for key in decision.admitted if kube.manages(key[0])]
+    if not admitted_only:
+        for key, position in decision.positions.items():
+            status = (runs[key].get("status") or {}) if key in runs else {}
+            shown = status.get("queuePosition")
+            if not kube.manages(key[0]):
+                continue
+            if status.get("phase") != Phase.QUEUED or shown_position(position, shown) != shown:
+                moves.append(key)
+    return moves
 
 
 def _kueue_view(spec: TrainingRunSpec, config: OperatorConfig, job: dict | None) -> KueueView | None:
@@ -116,6 +170,7 @@ def _reconcile_locked(namespace: str, name: str, config: OperatorConfig) -> Deci
     spec = TrainingRunSpec.model_validate(run["spec"])
     status = run.get("status") or {}
     if status.get("rejectedGeneration") == run["metadata"].get("generation"):
+        handled_generation[(namespace, name)] = run["metadata"]["generation"]
         return None  # refused by the API server; nothing changes until the spec does
     attempts = int(status.get("attempts") or 0)
     job = kube.read_job(namespace, job_name(name, attempts)) if attempts else None
@@ -124,18 +179,22 @@ def _reconcile_locked(namespace: str, name: str, config: OperatorConfig) -> Deci
 
     if needs_admission(spec, status, job, view):
         with _admission_lock:
-            admission = _admission(namespace, name)
+            admission = _admission(run)
             decision = decide(run["metadata"], spec, status, job, pods, now(), config.training_image, admission)
-            _apply(run, spec, decision, config)
+            written = _apply(run, spec, decision, config)
+            if written is not None:
+                _snapshot.saw(written)
     else:
         decision = decide(run["metadata"], spec, status, job, pods, now(), config.training_image, kueue=view)
         _apply(run, spec, decision, config)
+    handled_generation[(namespace, name)] = run["metadata"].get("generation", 0)
     if decision.frees_gpus:
         threading.Thread(target=wake_queue, args=(config,), name="wake-queue", daemon=True).start()
     return decision
 
 
-def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: OperatorConfig) -> None:
+def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: OperatorConfig) -> dict | None:
+    """Carry out a decision; the run as its status write left it (None when nothing was written)."""
     meta = run["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     status = run.get("status") or {}
@@ -149,7 +208,7 @@ def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: Operato
             if error.status not in (400, 422):
                 raise
             _refused(run, obj["kind"], error)
-            return
+            return None
         if created:
             metrics.ATTEMPTS.inc()
         if status.get("rejectedGeneration") is not None:
@@ -158,14 +217,14 @@ def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: Operato
         kube.delete_job(namespace, job_to_delete)
     if decision.delete_all_jobs:
         kube.delete_jobs(namespace, f"{LABEL_TRAININGRUN}={name}")
-    if decision.status:
-        _write_status(namespace, name, decision.status)
+    written = _write_status(namespace, name, decision.status) if decision.status else None
     _record(run, decision)
+    return written
 
 
-def _write_status(namespace: str, name: str, patch: dict) -> None:
+def _write_status(namespace: str, name: str, patch: dict) -> dict:
     """The one writer of a run's status: every key checked against the contract's status model."""
-    kube.patch_status(PLURAL, namespace, name, TrainingRunStatus.checked(patch))
+    return kube.patch_status(PLURAL, namespace, name, TrainingRunStatus.checked(patch))
 
 
 def _record(run: dict, decision: Decision) -> None:
@@ -192,11 +251,10 @@ def _refused(run: dict, kind: str, error: ApiException) -> None:
 
 
 def wake_queue(config: OperatorConfig) -> None:
-    """A run let go of GPUs: look at the queued runs now instead of at the next resync."""
-    queued = [r for r in kube.list_managed(PLURAL) if (r.get("status") or {}).get("phase") == Phase.QUEUED]
-    queued.sort(key=lambda r: (r.get("status") or {}).get("queuePosition") or 0)
-    for other in queued:
+    """A run let go of GPUs: start the runs that now fit instead of waiting for the next resync
+    (the others' places in line are rewritten there)."""
+    for namespace, name in queue_moves(admitted_only=True):
         try:
-            reconcile(other["metadata"]["namespace"], other["metadata"]["name"], config)
+            reconcile(namespace, name, config)
         except Exception:  # the resync retries; one bad run must not block the rest
-            log.exception("reconcile of queued run %s failed", other["metadata"]["name"])
+            log.exception("reconcile of queued run %s failed", name)

@@ -1,0 +1,128 @@
+"""What the GPU queue decides on: listed at most once a second, corrected by its own writes."""
+
+from __future__ import annotations
+
+import pytest
+
+from azaion_operator.trainingrun.lifecycle import EXACT_POSITIONS, shown_position
+from azaion_operator.trainingrun.queue import free_gpus, line_up, plan
+from azaion_operator.trainingrun.snapshot import QueueSnapshot
+
+pytestmark = pytest.mark.unit
+
+
+def run(name: str, phase: str | None = None, *, version: int = 1, generation: int = 1, job: str | None = None) -> dict:
+    meta = {
+        "name": name,
+        "namespace": "ml",
+        "uid": f"uid-{name}",
+        "generation": generation,
+        "resourceVersion": str(version),
+        "creationTimestamp": f"2026-12-01T10:00:{len(name):02d}Z",
+    }
+    status = {"phase": phase, "jobName": job} if phase else {}
+    body = {"model": "yolo26n.yaml", "storage": {"claimName": "data"}, "resources": {"gpus": 1}}
+    return {"metadata": meta, "spec": body, "status": status}
+
+
+NODE = {"metadata": {"name": "gpu"}, "status": {"allocatable": {"nvidia.com/gpu": "1"}}}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Lists:
+    """Counts the lists the snapshot makes; serves whatever the test puts in ``runs``."""
+
+    def __init__(self, runs: list[dict]) -> None:
+        self.runs = runs
+        self.calls = 0
+
+    def list_runs(self) -> list[dict]:
+        self.calls += 1
+        return list(self.runs)
+
+
+def snapshot(lists: Lists, clock: Clock) -> QueueSnapshot:
+    return QueueSnapshot(lists.list_runs, lambda: [NODE], lambda: [], clock=clock)
+
+
+def test_many_admissions_within_a_second_share_one_listing_and_a_later_one_lists_again() -> None:
+    lists, clock = Lists([run("a")]), Clock()
+    shot = snapshot(lists, clock)
+    for _ in range(50):
+        assert [r["metadata"]["name"] for r in shot.runs()] == ["a"]
+    assert lists.calls == 1
+    lists.runs.append(run("b"))
+    clock.now += 1.5
+    assert sorted(r["metadata"]["name"] for r in shot.runs()) == ["a", "b"]
+    assert lists.calls == 2
+
+
+def test_a_run_admitted_a_moment_ago_holds_its_gpu_before_the_next_listing() -> None:
+    lists, clock = Lists([run("first"), run("second-later")]), Clock()
+    shot = snapshot(lists, clock)
+    waiting, reserved = line_up(shot.runs(), None, shot.spec)
+    assert plan(waiting, free_gpus(shot.nodes(), shot.foreign_pods(), reserved)).admitted == [("ml", "first")]
+
+    shot.saw(run("first", "Pending", version=7, job="first-a1"))  # the admission's own status write
+    shot.saw(run("first", version=3))  # an older read arriving late changes nothing
+    waiting, reserved = line_up(shot.runs(), ("ml", "second-later"), shot.spec)
+    decision = plan(waiting, free_gpus(shot.nodes(), shot.foreign_pods(), reserved))
+    assert reserved == 1 and decision.admitted == [] and decision.positions == {("ml", "second-later"): 1}
+    assert lists.calls == 1
+
+
+def test_a_run_created_after_the_listing_is_in_line_once_it_asks() -> None:
+    lists, clock = Lists([run("holder", "Running", job="holder-a1")]), Clock()
+    shot = snapshot(lists, clock)
+    shot.runs()
+    shot.saw(run("newcomer"))
+    waiting, reserved = line_up(shot.runs(), ("ml", "newcomer"), shot.spec)
+    assert [w.key for w in waiting] == [("ml", "newcomer")] and reserved == 1
+
+
+def test_a_spec_is_parsed_once_per_generation() -> None:
+    lists, clock = Lists([run("a")]), Clock()
+    shot = snapshot(lists, clock)
+    first = shot.spec(shot.runs()[0])
+    assert shot.spec(run("a", "Queued", version=9)) is first  # a status write: same generation
+    changed = run("a", version=10, generation=2)
+    changed["spec"]["priority"] = 5
+    assert shot.spec(changed).priority == 5
+    broken = run("broken")
+    broken["spec"]["training"] = {"epochs": 0}
+    assert shot.spec(broken) is None
+
+
+@pytest.mark.parametrize(
+    ("position", "shown", "expected"),
+    [
+        (3, None, 3),  # first time in line
+        (4, 5, 4),  # near the head: exact
+        (EXACT_POSITIONS + 1, EXACT_POSITIONS, EXACT_POSITIONS + 1),
+        (480, 500, 500),  # 4% off: kept
+        (449, 500, 449),  # 10% off: rewritten
+        (9, 12, 9),  # reached the exact part of the line
+    ],
+)
+def test_far_back_in_line_a_place_is_rewritten_once_it_is_ten_percent_off(position, shown, expected) -> None:
+    assert shown_position(position, shown) == expected
+
+
+def test_draining_a_thousand_queued_runs_rewrites_each_place_a_bounded_number_of_times() -> None:
+    # Each admission moves every queued run one place up; count the status writes.
+    queued, writes = 1000, 0
+    shown = list(range(1, queued + 1))
+    for admitted in range(1, queued):
+        for index in range(admitted, queued):
+            true_position = index - admitted + 1
+            new = shown_position(true_position, shown[index])
+            if new != shown[index]:
+                shown[index], writes = new, writes + 1
+    assert writes / queued < 60  # exact positions would be about 500 writes per run
