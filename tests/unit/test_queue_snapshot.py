@@ -126,3 +126,43 @@ def test_draining_a_thousand_queued_runs_rewrites_each_place_a_bounded_number_of
             if new != shown[index]:
                 shown[index], writes = new, writes + 1
     assert writes / queued < 60  # exact positions would be about 500 writes per run
+
+
+def test_runs_heard_from_the_watch_join_the_line_in_order_before_either_is_reconciled() -> None:
+    lists, clock = Lists([run("holder", "Running", job="holder-a1")]), Clock()
+    shot = snapshot(lists, clock)
+    shot.runs()
+    shot.heard(run("early", version=5))
+    shot.heard(run("late-but-asking-first", version=6))
+    shot.saw(run("late-but-asking-first", version=6))
+    clock.now += 0.5
+    waiting, _ = line_up(shot.runs(), ("ml", "late-but-asking-first"), shot.spec)
+    line = plan(waiting, free_gpus=0)
+    assert line.positions == {("ml", "early"): 1, ("ml", "late-but-asking-first"): 2}
+
+
+def test_what_is_heard_while_a_listing_is_under_way_is_not_lost_to_it() -> None:
+    clock = Clock()
+    shot: QueueSnapshot
+
+    def slow_listing() -> list[dict]:
+        # Events arrive while the list request is in flight: one newer than the
+        # listing, one deletion, one older version the listing already beats.
+        shot.heard(run("updated", "Pending", version=20, job="updated-a1"))
+        shot.heard(run("deleted", version=21), deleted=True)
+        shot.heard(run("stale", version=2))
+        return [run("updated", version=10), run("deleted", version=11), run("stale", "Queued", version=12)]
+
+    shot = QueueSnapshot(slow_listing, lambda: [NODE], lambda: [], clock=clock)
+    held = {r["metadata"]["name"]: r for r in shot.runs()}
+    assert sorted(held) == ["stale", "updated"]
+    assert held["updated"]["status"]["phase"] == "Pending"
+    assert held["stale"]["metadata"]["resourceVersion"] == "12"
+
+
+def test_a_deleted_run_leaves_the_line() -> None:
+    lists, clock = Lists([run("a"), run("b")]), Clock()
+    shot = snapshot(lists, clock)
+    shot.runs()
+    shot.heard(run("a", version=3), deleted=True)
+    assert [r["metadata"]["name"] for r in shot.runs()] == ["b"]

@@ -29,6 +29,13 @@ TTL_CHECK_SECONDS = 10.0
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
+async def queue_hears_run(type: str | None, event: dict[str, Any], **_: Any) -> None:
+    """Before anything is reconciled, in kopf's event loop: runs join the GPU queue in
+    the order the API server reports them, so none is overtaken by a later one."""
+    controller.heard(type, event["object"])
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
 def on_run_event(namespace: str, name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A run appeared (or was listed at start-up) or its spec changed.
 

@@ -62,6 +62,11 @@ _snapshot = QueueSnapshot(
 )
 
 
+def heard(event_type: str | None, run: dict) -> None:
+    """A TrainingRun event, as the watch delivered it: the queue knows of the run from now on."""
+    _snapshot.heard(run, deleted=event_type == "DELETED")
+
+
 def forget_except(present: Iterable[Key]) -> None:
     """Drop the bookkeeping of runs that no longer exist (their locks, when not held)."""
     keep = set(present)
@@ -129,9 +134,9 @@ def _admission(run: dict) -> Admission:
     return Admission(admitted=key in decision.admitted, position=decision.positions.get(key))
 
 
-def queue_moves(admitted_only: bool = False) -> list[Key]:
-    """The queued runs one plan of the whole queue says to look at: those it admits now,
-    and (unless ``admitted_only``) those whose shown place in line changes.
+def queue_moves() -> list[Key]:
+    """The queued runs one plan of the whole queue says to look at: those it admits now
+    (first), and those whose shown place in line changes.
 
     One plan for the whole queue, instead of one admission per queued run.
     """
@@ -139,14 +144,13 @@ def queue_moves(admitted_only: bool = False) -> list[Key]:
         decision = _plan(None)
         runs = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in _snapshot.runs()}
     moves = [key for key in decision.admitted if kube.manages(key[0])]
-    if not admitted_only:
-        for key, position in decision.positions.items():
-            status = (runs[key].get("status") or {}) if key in runs else {}
-            shown = status.get("queuePosition")
-            if not kube.manages(key[0]):
-                continue
-            if status.get("phase") != Phase.QUEUED or shown_position(position, shown) != shown:
-                moves.append(key)
+    for key, position in decision.positions.items():
+        status = (runs[key].get("status") or {}) if key in runs else {}
+        shown = status.get("queuePosition")
+        if not kube.manages(key[0]):
+            continue
+        if status.get("phase") != Phase.QUEUED or shown_position(position, shown) != shown:
+            moves.append(key)
     return moves
 
 
@@ -181,20 +185,27 @@ def _reconcile_locked(namespace: str, name: str, config: OperatorConfig) -> Deci
         with _admission_lock:
             admission = _admission(run)
             decision = decide(run["metadata"], spec, status, job, pods, now(), config.training_image, admission)
-            written = _apply(run, spec, decision, config)
+            carried_out, written = _apply(run, spec, decision, config)
             if written is not None:
                 _snapshot.saw(written)
+        if carried_out:
+            _record(run, decision)  # Events and metrics need not hold up the next admission
     else:
         decision = decide(run["metadata"], spec, status, job, pods, now(), config.training_image, kueue=view)
-        _apply(run, spec, decision, config)
+        if _apply(run, spec, decision, config)[0]:
+            _record(run, decision)
     handled_generation[(namespace, name)] = run["metadata"].get("generation", 0)
     if decision.frees_gpus:
         threading.Thread(target=wake_queue, args=(config,), name="wake-queue", daemon=True).start()
     return decision
 
 
-def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: OperatorConfig) -> dict | None:
-    """Carry out a decision; the run as its status write left it (None when nothing was written)."""
+def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: OperatorConfig) -> tuple[bool, dict | None]:
+    """Carry out a decision but for its Events and metrics (:func:`_record`).
+
+    Returns whether it was carried out (not when the API server refused a child:
+    that is a decision of its own) and the run as its status write left it.
+    """
     meta = run["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     status = run.get("status") or {}
@@ -208,7 +219,7 @@ def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: Operato
             if error.status not in (400, 422):
                 raise
             _refused(run, obj["kind"], error)
-            return None
+            return False, None
         if created:
             metrics.ATTEMPTS.inc()
         if status.get("rejectedGeneration") is not None:
@@ -217,9 +228,7 @@ def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: Operato
         kube.delete_job(namespace, job_to_delete)
     if decision.delete_all_jobs:
         kube.delete_jobs(namespace, f"{LABEL_TRAININGRUN}={name}")
-    written = _write_status(namespace, name, decision.status) if decision.status else None
-    _record(run, decision)
-    return written
+    return True, (_write_status(namespace, name, decision.status) if decision.status else None)
 
 
 def _write_status(namespace: str, name: str, patch: dict) -> dict:
@@ -251,9 +260,9 @@ def _refused(run: dict, kind: str, error: ApiException) -> None:
 
 
 def wake_queue(config: OperatorConfig) -> None:
-    """A run let go of GPUs: start the runs that now fit instead of waiting for the next resync
-    (the others' places in line are rewritten there)."""
-    for namespace, name in queue_moves(admitted_only=True):
+    """A run let go of GPUs: start the runs that now fit, and show the others their new
+    places, instead of waiting for the next resync."""
+    for namespace, name in queue_moves():
         try:
             reconcile(namespace, name, config)
         except Exception:  # the resync retries; one bad run must not block the rest

@@ -3,17 +3,23 @@
 Admission needs every run, the nodes and other workloads' GPU pods. Listing
 them on every admission made a burst of N runs cost N cluster-wide lists
 each (quadratic in N). The queue reads one :class:`QueueSnapshot` instead:
-refreshed when older than :data:`MAX_AGE_SECONDS`, and corrected at once by
-the admissions' own status writes, so a run admitted a moment ago is never
-seen as still waiting. Every read and write of it happens under the
-admission lock, the only place admissions are decided.
+listed again when older than :data:`MAX_AGE_SECONDS`, and kept current in
+between by what the operator hears and does: every TrainingRun event as the
+watch delivers it (:meth:`QueueSnapshot.heard`, so runs join the line in the
+order the API server reports them, before any of them is reconciled), and
+the admissions' own reads and status writes (:meth:`QueueSnapshot.saw`, so a
+run admitted a moment ago is never seen as still waiting). Of two versions
+of a run the later one is kept.
 
-A spec is parsed once per ``(uid, generation)``: status writes and the
-trainer's progress reports change neither.
+Admissions read it under the admission lock; events arrive from kopf's event
+loop, so the runs are guarded by a lock of their own, held only for dict
+operations. A spec is parsed once per ``(uid, generation)``: status writes
+and the trainer's progress reports change neither.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +27,7 @@ from typing import Any
 
 from azaion_contract.models.trainingrun import TrainingRunSpec
 
-#: How stale the runs, nodes and pods the queue decides on may be (seconds).
+#: How stale the listing under the runs, nodes and pods may be (seconds).
 MAX_AGE_SECONDS = 1.0
 
 Key = tuple[str, str]
@@ -36,6 +42,9 @@ class QueueSnapshot:
     max_age: float = MAX_AGE_SECONDS
     clock: Callable[[], float] = time.monotonic
     _runs: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    #: What was heard since the listing under way began: (the run, whether it was deleted).
+    _heard: list[tuple[dict[str, Any], bool]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _nodes: list[dict[str, Any]] = field(default_factory=list)
     _pods: list[dict[str, Any]] = field(default_factory=list)
     _taken: float | None = None
@@ -44,17 +53,23 @@ class QueueSnapshot:
     def _fresh(self) -> None:
         if self._taken is not None and self.clock() - self._taken < self.max_age:
             return
-        self._runs = {_key(run): run for run in self.list_runs()}
-        self._nodes = self.list_nodes()
-        self._pods = self.list_foreign_pods()
-        self._taken = self.clock()
-        live = {(r["metadata"].get("uid", ""), r["metadata"].get("generation", 0)) for r in self._runs.values()}
+        with self._lock:
+            self._heard = []
+        listed = {_key(run): run for run in self.list_runs()}
+        nodes, pods = self.list_nodes(), self.list_foreign_pods()
+        with self._lock:
+            for run, deleted in self._heard:  # heard while the listing was under way
+                _merge(listed, run, deleted)
+            self._runs, self._heard = listed, []
+        self._nodes, self._pods, self._taken = nodes, pods, self.clock()
+        live = {(r["metadata"].get("uid", ""), r["metadata"].get("generation", 0)) for r in listed.values()}
         for stale in [k for k in self._specs if k not in live]:
             del self._specs[stale]
 
     def runs(self) -> list[dict[str, Any]]:
         self._fresh()
-        return list(self._runs.values())
+        with self._lock:
+            return list(self._runs.values())
 
     def nodes(self) -> list[dict[str, Any]]:
         self._fresh()
@@ -64,17 +79,16 @@ class QueueSnapshot:
         self._fresh()
         return self._pods
 
-    def saw(self, run: dict[str, Any]) -> None:
-        """A run as the API server just returned it (read, or written under the admission lock).
+    def heard(self, run: dict[str, Any], deleted: bool = False) -> None:
+        """A run as a watch event delivered it (never lists; safe from the event loop)."""
+        with self._lock:
+            _merge(self._runs, run, deleted)
+            self._heard.append((run, deleted))
 
-        Kept unless the snapshot already holds a later version of it: a run created
-        after the last listing is in line at once, and a run admitted a moment ago
-        is never seen as waiting.
-        """
+    def saw(self, run: dict[str, Any]) -> None:
+        """A run as the API server just returned it to an admission (read or status write)."""
         self._fresh()
-        held = self._runs.get(_key(run))
-        if held is None or not _older(run, held):
-            self._runs[_key(run)] = run
+        self.heard(run)
 
     def spec(self, run: dict[str, Any]) -> TrainingRunSpec | None:
         """The run's parsed spec; None when it does not validate (such a run neither waits nor holds)."""
@@ -86,6 +100,17 @@ class QueueSnapshot:
             except ValueError:
                 self._specs[key] = None
         return self._specs[key]
+
+
+def _merge(runs: dict[Key, dict[str, Any]], run: dict[str, Any], deleted: bool) -> None:
+    """Put ``run`` (or its deletion) into ``runs`` unless ``runs`` holds a later version."""
+    held = runs.get(_key(run))
+    if held is not None and _older(run, held):
+        return
+    if deleted:
+        runs.pop(_key(run), None)
+    else:
+        runs[_key(run)] = run
 
 
 def _older(run: dict[str, Any], than: dict[str, Any]) -> bool:
