@@ -15,40 +15,19 @@ audit log, until the runs settle), by verb and resource.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 
-from azaion_devtools.audit import AuditLog
-from azaion_devtools.cluster import REPO, Cluster, apply_crds, start_operator, trainingrun
+from azaion_devtools.benchkit import cpu_seconds, local_plane, percentile, rss_mib
+from azaion_devtools.cluster import start_operator, trainingrun
 
 GROUP, VERSION, PLURAL = "ai.azaion.com", "v1alpha1", "trainingruns"
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of the process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class JobWatcher:
@@ -159,19 +138,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     args = parser.parse_args()
 
-    result = subprocess.run([str(REPO / "hack" / "cluster.sh"), "up"], capture_output=True, text=True, check=True)
-    kubeconfig = Path(result.stdout.strip().splitlines()[-1])
-    state = json.loads((kubeconfig.parent / "cluster.json").read_text())
-    cluster = Cluster(kubeconfig=kubeconfig, bin_dir=Path(state["bin_dir"]), simulated=True)
-    apply_crds(cluster)
-    config.load_kube_config(str(kubeconfig))
-    api = client.ApiClient()
-    api.user_agent = "azaion-bench"  # not counted as the operator's calls
-    core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
+    plane = local_plane()
+    core, batch, custom, audit = plane.core, plane.batch, plane.custom, plane.audit
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    operator, _ = start_operator(cluster, Path("/tmp") / namespace, interval=5.0)
-    audit = AuditLog(kubeconfig.parent / "audit.log")
+    operator, _ = start_operator(plane.cluster, Path("/tmp") / namespace, interval=5.0)
     watcher = JobWatcher(batch, namespace)
     try:
 

@@ -22,40 +22,21 @@ priorities), and follows them until every run has succeeded. It prints:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 
-from azaion_devtools.audit import AuditLog
-from azaion_devtools.cluster import KWOK_NODE_ANNOTATION, REPO, Cluster, apply_crds, start_operator, trainingrun
+from azaion_devtools.benchkit import cpu_seconds, local_plane, percentile, rss_mib
+from azaion_devtools.cluster import KWOK_NODE_ANNOTATION, start_operator, trainingrun
 
 GROUP, VERSION, PLURAL = "ai.azaion.com", "v1alpha1", "trainingruns"
 LABEL = "ai.azaion.com/trainingrun"
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))] if ordered else float("nan")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def gpu_node(name: str, gpus: int) -> dict:
@@ -85,11 +66,19 @@ class Follower:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         for target in (self._runs, self._jobs):
-            threading.Thread(target=target, args=(custom, batch), daemon=True).start()
+            threading.Thread(target=self._follow, args=(target, custom, batch), daemon=True).start()
         time.sleep(0.5)
 
+    def _follow(self, target: Callable[..., None], *args: object) -> None:
+        """Watch again whenever a watch ends or breaks: first-seen times only move later."""
+        while not self._stop.is_set():
+            try:
+                target(*args)
+            except Exception:  # a broken watch is started again
+                time.sleep(0.5)
+
     def _runs(self, custom: client.CustomObjectsApi, _: client.BatchV1Api) -> None:
-        stream = watch.Watch().stream(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL, timeout_seconds=3600)
+        stream = watch.Watch().stream(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL, timeout_seconds=300)
         for event in stream:
             run = event["object"]
             key = (run["metadata"]["namespace"], run["metadata"]["name"])
@@ -104,7 +93,7 @@ class Follower:
                 return
 
     def _jobs(self, _: client.CustomObjectsApi, batch: client.BatchV1Api) -> None:
-        stream = watch.Watch().stream(batch.list_job_for_all_namespaces, label_selector=LABEL, timeout_seconds=3600)
+        stream = watch.Watch().stream(batch.list_job_for_all_namespaces, label_selector=LABEL, timeout_seconds=300)
         for event in stream:
             job = event["object"].metadata
             key = (job.namespace, job.labels[LABEL])
@@ -130,15 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
-    result = subprocess.run([str(REPO / "hack" / "cluster.sh"), "up"], capture_output=True, text=True, check=True)
-    kubeconfig = Path(result.stdout.strip().splitlines()[-1])
-    state = json.loads((kubeconfig.parent / "cluster.json").read_text())
-    cluster = Cluster(kubeconfig=kubeconfig, bin_dir=Path(state["bin_dir"]), simulated=True)
-    apply_crds(cluster)
-    config.load_kube_config(str(kubeconfig))
-    api = client.ApiClient()
-    api.user_agent = "azaion-bench"
-    core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
+    plane = local_plane()
+    core, batch, custom, audit = plane.core, plane.batch, plane.custom, plane.audit
 
     tag = uuid.uuid4().hex[:6]
     namespaces = [f"scale-{tag}-{i}" for i in range(args.namespaces)]
@@ -161,8 +143,7 @@ def main() -> None:
         if not n.spec.unschedulable
     )
 
-    operator, _ = start_operator(cluster, Path("/tmp") / f"scale-{tag}", interval=2.0)
-    audit = AuditLog(kubeconfig.parent / "audit.log")
+    operator, _ = start_operator(plane.cluster, Path("/tmp") / f"scale-{tag}", interval=2.0)
     follower = Follower(custom, batch)
     runs = []
     for i in range(args.runs):
@@ -234,7 +215,7 @@ def main() -> None:
         for r in runs
     }
     # An overtaking: Y should have started before X, was created well before X started, and started later.
-    inversions, admitted = 0, follower.admission_order
+    inversions, admitted = 0, [key for key in follower.admission_order if key in order_key]
     started_at = {key: index for index, key in enumerate(admitted)}
     for x in admitted:
         for y in order_key:

@@ -164,6 +164,11 @@ def containerd_config(paths: NodePaths, pause_ref: str) -> str:
         '[plugins."io.containerd.grpc.v1.cri".cni]\n'
         f'  bin_dir = "{CNI_BIN_DIR}"\n'
         f'  conf_dir = "{paths.cni_conf}"\n'
+        # Collect garbage after every deletion, not after a hundred changes: the
+        # store is a cache kept between runs, and layers of replaced images are
+        # gigabytes.
+        '[plugins."io.containerd.gc.v1.scheduler"]\n'
+        "  deletion_threshold = 1\n"
     )
 
 
@@ -350,6 +355,7 @@ class RealNode:
         guard_pod_egress()
         self.write_cni(address)
         self.start_containerd()
+        self.drop_leftover_containers()
         self.import_pause()
         self.start_kubelet(address)
         self.start_kube_proxy()
@@ -370,6 +376,17 @@ class RealNode:
         config.write_text(containerd_config(self.paths, self.pause_ref()))
         self.start_process("containerd", ["containerd", f"--config={config}", "--log-level=warn"])
         self.wait_for(lambda: run([*self.ctr, "version"], check=False) == 0, "containerd", 30, "containerd")
+
+    def drop_leftover_containers(self) -> None:
+        """A node that starts runs nothing yet: a container in the store is a leftover
+        of an earlier node, and it pins the layers of the image it ran, replaced or not."""
+        listed = subprocess.run([*self.ctr, "containers", "ls", "-q"], capture_output=True, text=True)
+        leftovers = listed.stdout.split()
+        for container in leftovers:
+            run([*self.ctr, "tasks", "rm", "-f", container], check=False)
+        if leftovers:
+            run([*self.ctr, "containers", "rm", *leftovers], check=False)
+            self.log(f"removed {len(leftovers)} containers an earlier node left in the image store")
 
     def import_pause(self) -> None:
         archive = self.paths.containerd / "pause.oci.tar"

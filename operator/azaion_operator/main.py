@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     # stops the process with the variable named); handlers get them from the memo.
     config = OperatorConfig.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # kopf says "Handler ... succeeded" for every event of every watched pod and Job:
+    # thousands of lines a minute on a busy cluster. Its warnings and errors stay.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         start_http_server(args.metrics_port)
     from azaion_operator.kit import kube
