@@ -1,6 +1,7 @@
 """Throughput of the annotation consumer, next to two baselines in the same process.
 
     .venv/bin/python -m bench.consumer                  # private broker, 10,000 each of 2, 48, 500 KiB
+    .venv/bin/python -m bench.consumer --only consumer --backlog 0 --latency-rate 0   # to profile one
     .venv/bin/python -m bench.consumer --messages 2000 --image-kb 48 --rabbitmq 127.0.0.1:5552
 
 Three consumers read the same stream from its first message:
@@ -11,12 +12,15 @@ Three consumers read the same stream from its first message:
             the offset file rewritten in place and fsynced (how the original
             stored offsets: after each message);
 * consumer: the real consumer (``StreamConsumer``): the same decoding and
-            writes, group-committed (a batch of up to 500 messages or 1 s made
-            durable together, then its offset stored).
+            writes, applied a batch per worker-thread call and group-committed
+            (up to 500 messages or 1 s made durable with one syncfs, then its
+            offset stored).
 
 Each applies to a fresh data root on the same disk (``--data-dir``, default a
 temporary directory). Figures are messages per second and ratios between them,
-and how much the process's peak RSS grew during each run. Last, a latency run:
+and how much the process's peak RSS grew during each run. Then a backlog run: ``--backlog`` messages
+(100,000 of 48 KiB by default) published before the consumer starts, the time
+it takes to catch up and how far its memory grows meanwhile. Last, a latency run:
 messages published at a steady ``--latency-rate`` while the consumer runs,
 and the time from each message's broker timestamp to its offset being stored
 (p50, p99).
@@ -45,8 +49,8 @@ from azaion_workloads.queue.consumer import StreamConsumer
 from azaion_workloads.queue.processor import MessageProcessor
 
 
-def messages(count: int, image_bytes: int) -> list[wire.WireMessage]:
-    """Created annotations with distinct names; a pool of 64 images keeps setup short."""
+def messages(count: int, image_bytes: int, first: int = 0) -> list[wire.WireMessage]:
+    """Created annotations with distinct names (from number ``first``); a pool of 64 images keeps setup short."""
     pool = [wire.noisy_jpeg(seed, image_bytes) for seed in range(64)]
     boxes = wire.detections_json([wire.Box(1, 0.5, 0.5, 0.2, 0.2), wire.Box(22, 0.3, 0.7, 0.1, 0.05)])
     return [
@@ -54,7 +58,7 @@ def messages(count: int, image_bytes: int) -> list[wire.WireMessage]:
             wire.encode_annotation(str(uuid.UUID(int=index)), pool[index % len(pool)], boxes, role="Validator"),
             "Created",
         )
-        for index in range(count)
+        for index in range(first, first + count)
     ]
 
 
@@ -147,20 +151,20 @@ async def latency(endpoint: StreamEndpoint, stream: str, root: Path, rate: float
     queue = StreamConsumer(config)
     stamps: dict[int, int] = {}  # offset -> broker timestamp (ms)
     delays: list[float] = []
-    process, committed = queue.processor.process, queue._committed
+    process, save = queue.processor.process, queue.offsets.save
 
     def recording_process(raw: bytes, offset: int, stored_at_ms: int | None, *rest: Any) -> Any:
         stamps[offset] = stored_at_ms or 0
         return process(raw, offset, stored_at_ms, *rest)
 
-    def recording_committed(snapshot: Any) -> None:
+    def recording_save(snapshot: Any) -> None:
+        save(snapshot)
         now_ms = time.time() * 1000
         for offset in [o for o in stamps if o <= snapshot.offset]:
             delays.append((now_ms - stamps.pop(offset)) / 1000)
-        committed(snapshot)
 
     queue.processor.process = recording_process  # type: ignore[method-assign]
-    queue._committed = recording_committed  # type: ignore[method-assign]
+    queue.offsets.save = recording_save  # type: ignore[method-assign]
     steady = messages(int(rate * seconds), 48 * 1024)
 
     achieved: list[float] = []
@@ -208,7 +212,9 @@ async def peak_rss_growth(run: Any) -> tuple[Any, float]:
         sampler.cancel()
 
 
-def throughput(endpoint: StreamEndpoint, work: Path, count: int, image_kb: int, repeat: int) -> None:
+def throughput(
+    endpoint: StreamEndpoint, work: Path, count: int, image_kb: int, repeat: int, only: list[str] | None = None
+) -> None:
     """The three consumers over one stream of ``count`` Created messages with ``image_kb`` KiB images."""
     stream = f"azaion-bench-{uuid.uuid4().hex[:8]}"
     batch = messages(count, image_kb * 1024)
@@ -222,6 +228,7 @@ def throughput(endpoint: StreamEndpoint, work: Path, count: int, image_kb: int, 
 
     rates: dict[str, list[float]] = {"ceiling": [], "original": [], "consumer": []}
     runs = {"ceiling": ceiling, "original": original, "consumer": consumer}
+    runs = {name: run for name, run in runs.items() if not only or name in only}
     for attempt in range(repeat):  # interleaved, so a noisy neighbour hits all alike
         for name, run in runs.items():
             root = work / f"{name}-{image_kb}-{attempt}"
@@ -231,7 +238,10 @@ def throughput(endpoint: StreamEndpoint, work: Path, count: int, image_kb: int, 
             print(f"{name:>9}: {rates[name][-1]:8.0f} messages/s  ({seconds:.1f} s; RSS grew at most {grown:.0f} MiB)")
             shutil.rmtree(root, ignore_errors=True)
 
-    best = {name: max(values) for name, values in rates.items()}
+    best = {name: max(values) for name, values in rates.items() if values}
+    if len(best) < 3:  # a partial run (--only) prints its rates alone
+        asyncio.run(delete_stream(endpoint, stream))
+        return
     if repeat > 1:
         print("best of", repeat, ": " + ", ".join(f"{n} {r:.0f}/s" for n, r in best.items()))
     print(f"consumer / ceiling:  {best['consumer'] / best['ceiling']:.3f}")
@@ -240,15 +250,38 @@ def throughput(endpoint: StreamEndpoint, work: Path, count: int, image_kb: int, 
     asyncio.run(delete_stream(endpoint, stream))
 
 
+def backlog(endpoint: StreamEndpoint, work: Path, count: int, image_kb: int) -> None:
+    """The consumer catching up ``count`` messages that wait on the stream: how long, and its memory."""
+    stream = f"azaion-bench-{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_stream(endpoint, stream))
+    for first in range(0, count, 5000):  # in pieces: the whole backlog would not fit in this process
+        asyncio.run(publish(endpoint, stream, messages(min(5000, count - first), image_kb * 1024, first)))
+    root = work / f"backlog-{image_kb}"
+    root.mkdir()
+    before = rss_mib()
+    seconds, grown = asyncio.run(peak_rss_growth(consumer(endpoint, stream, count - 1, root)))
+    print(
+        f"backlog of {count:,} messages of {image_kb} KiB: ingested in {seconds:.0f} s "
+        f"({count / seconds:.0f} messages/s); process RSS {before:.0f} MiB before, peak growth {grown:.0f} MiB"
+    )
+    shutil.rmtree(root, ignore_errors=True)
+    asyncio.run(delete_stream(endpoint, stream))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--image-kb", type=int, nargs="+", default=[2, 48, 500], help="one run per image size")
+    parser.add_argument("--backlog", type=int, default=100_000, help="messages of the backlog run (0: none)")
+    parser.add_argument("--backlog-kb", type=int, default=48, help="image size of the backlog run")
     parser.add_argument("--latency-rate", type=float, default=100.0, help="messages/s of the latency run (0: none)")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--repeat", type=int, default=1, help="interleaved runs of each; the best counts")
     parser.add_argument(
         "--rabbitmq", metavar="HOST:PORT", help="use this broker (guest/guest) instead of a private one"
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=["ceiling", "original", "consumer"], help="run only these (to profile one)"
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="where the data roots go (default: a temp dir)")
     args = parser.parse_args()
@@ -264,7 +297,9 @@ def main() -> None:
             broker.start()
             endpoint = broker.endpoint
         for image_kb in args.image_kb:
-            throughput(endpoint, work, args.messages, image_kb, args.repeat)
+            throughput(endpoint, work, args.messages, image_kb, args.repeat, args.only)
+        if args.backlog > 0:
+            backlog(endpoint, work, args.backlog, args.backlog_kb)
         if args.latency_rate > 0:
             stream = f"azaion-bench-{uuid.uuid4().hex[:8]}"
             asyncio.run(create_stream(endpoint, stream))

@@ -23,6 +23,7 @@ import pytest
 from azaion_devtools.broker import consume_raw, create_stream, delete_stream, publish, query_server_offset
 from azaion_devtools.processes import wait_until
 from azaion_workloads.fsutil import leftover_temp_files
+from tests.fixtures.kill_hook import kill_hook_env
 from tests.fixtures.queue_process import QueueProcess
 from tests.fixtures.rabbitmq import RabbitMQ
 from tests.fixtures.scenarios import Expected, Step, build_scenario, expected_outcome, read_tree
@@ -121,3 +122,59 @@ def test_kill_9_at_random_moments(
     assert stored["messagesProcessed"] == MESSAGES
     assert stored["messagesQuarantined"] == len(expected.quarantined)
     assert asyncio.run(query_server_offset(rabbitmq.endpoint, stream, reference)) == offsets[-1]
+
+
+#: (point, n): SIGKILL at the n-th such moment of a group commit (tests/fixtures/kill_hook.py).
+EXACT_KILLS = [("staging", 1), ("staging", 451), ("rename", 1), ("rename", 320), ("offset", 1), ("offset", 3)]
+
+
+@pytest.mark.parametrize(("point", "count"), EXACT_KILLS, ids=[f"{p}-{n}" for p, n in EXACT_KILLS])
+def test_kill_9_inside_a_batch(
+    rabbitmq: RabbitMQ,
+    crash_stream: tuple[str, list[Step], list[int]],
+    expected: Expected,
+    fast_dir: Path,
+    tmp_path: Path,
+    point: str,
+    count: int,
+) -> None:
+    """Killed while a batch is staged, half renamed, or durable but its offset not stored: the restart converges."""
+    stream, _steps, offsets = crash_stream
+    root, state = fast_dir / "root", fast_dir / "state"
+    reference = f"exact-{point}-{count}-{uuid.uuid4().hex[:6]}"
+    queue = QueueProcess(
+        rabbitmq.endpoint,
+        stream,
+        root,
+        state,
+        tmp_path / "consumer.log",
+        QUEUE_CONSUMER_NAME=reference,
+        QUEUE_COMMIT_EVERY="500",
+        QUEUE_COMMIT_INTERVAL_MS="1000",
+    )
+    hook = kill_hook_env(tmp_path / "hook", point, count, root, state / "offset.yaml")
+    queue.env.update(hook)
+    queue.start()
+    wait_until(lambda: not queue.alive, 60, f"the consumer to be killed at {point} #{count}", 0.01)
+    assert queue.process is not None and queue.process.proc.returncode == -9, queue.log_tail()
+    stored_at_kill = queue.stored_offset()
+    # Only the hook sends SIGKILL; where it lands leaves its trace: the file
+    # about to be renamed is still under its temporary name.
+    if point == "offset":
+        assert leftover_temp_files(state), "the kill did not land before the offset was stored"
+    elif point == "rename":
+        assert leftover_temp_files(root), "the kill did not land among the batch's renames"
+    assert stored_at_kill is None or stored_at_kill < offsets[-1]
+
+    for name in hook:
+        queue.env.pop(name)
+    queue.start()
+    queue.wait_ready()
+    queue.wait_for_offset(offsets[-1], timeout=120)
+    assert queue.terminate() == 0, queue.log_tail()
+    assert read_tree(root) == expected.tree, f"killed at {point} #{count} after stored offset {stored_at_kill}"
+    assert leftover_temp_files(fast_dir) == []
+    stored = queue.stored()
+    assert stored is not None and stored["offset"] == offsets[-1]
+    assert stored["messagesProcessed"] == MESSAGES
+    assert stored["messagesQuarantined"] == len(expected.quarantined)

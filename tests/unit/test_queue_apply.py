@@ -13,9 +13,10 @@ from azaion_devtools import wire
 from azaion_workloads.fsutil import leftover_temp_files
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.queue import apply as apply_module
+from azaion_workloads.queue.durability import PendingDirectories
 from azaion_workloads.queue.processor import MessageProcessor
 from azaion_workloads.queue.recovery import consumer_directories, remove_temporary_files
-from azaion_workloads.queue.staging import StagedTree
+from azaion_workloads.queue.staging import Listings, StagedTree
 from tests.fixtures import scenarios
 
 pytestmark = pytest.mark.unit
@@ -298,15 +299,23 @@ def test_replaying_the_whole_stream_over_its_own_result_changes_nothing(tmp_path
 
 
 @pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("consumer_mode", [False, True], ids=["fsync", "syncfs-listings"])
 def test_a_crash_inside_a_group_commit_replays_from_the_last_stored_offset(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, consumer_mode: bool
 ) -> None:
-    """Batches of messages made durable together (as the consumer does); a crash while a batch is
-    staged or while it is flushed, then a replay from the offset stored last, converges."""
+    """Batches of messages made durable together (as the consumer does: with ``consumer_mode``, one
+    syncfs per barrier and directory listings instead of stats); a crash while a batch is staged or
+    while it is flushed, then a replay from the offset stored last, converges."""
     rng = random.Random(seed)
     steps = scenarios.build_scenario(2000 + seed, 150, malformed_every=13)
     every = rng.choice([3, 10, 40])
-    proc = MessageProcessor(DataLayout(tmp_path), "azaion-annotations", group_commit=True)
+    proc = MessageProcessor(
+        DataLayout(tmp_path),
+        "azaion-annotations",
+        group_commit=True,
+        durability="syncfs" if consumer_mode else "fsync",
+        sole_writer=consumer_mode,
+    )
     stored = [-1]  # the offset the consumer would have stored
 
     def commit(upto: int) -> None:
@@ -330,3 +339,28 @@ def test_a_crash_inside_a_group_commit_replays_from_the_last_stored_offset(
     run(restart(tmp_path), steps, stored[0] + 1)
     assert scenarios.read_tree(tmp_path) == scenarios.expected_tree(steps)
     assert leftover_temp_files(tmp_path) == []
+
+
+def test_listings_follow_the_batch_and_are_read_again_after_a_failed_flush(tmp_path: Path) -> None:
+    """A sole writer's lookups come from one listing per directory, kept by its own flushes."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "before.jpg").write_bytes(b"old")
+    tree = StagedTree(PendingDirectories("syncfs"), listings=Listings())
+    assert tree.exists(images / "before.jpg") and not tree.exists(images / "new.jpg")
+    tree.write(images / "new.jpg", b"new")
+    assert tree.remove(images / "before.jpg")
+    tree.flush()
+    tree.pending.sync()
+    assert tree.exists(images / "new.jpg") and not tree.exists(images / "before.jpg")
+    assert sorted(p.name for p in images.iterdir()) == ["new.jpg"]
+
+    (images / "added-behind-its-back.jpg").write_bytes(b"x")
+    assert not tree.exists(images / "added-behind-its-back.jpg")  # what sole_writer promises away
+    (images / "new.jpg").unlink()  # removed behind its back: the rename below fails...
+    assert tree.move(images / "new.jpg", images / "moved.jpg")
+    with pytest.raises(FileNotFoundError):
+        tree.flush()
+    fresh = StagedTree(PendingDirectories("syncfs"), listings=tree.listings)
+    assert fresh.exists(images / "added-behind-its-back.jpg")  # ...and the listings are read again
+    assert not fresh.exists(images / "new.jpg")

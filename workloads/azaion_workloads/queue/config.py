@@ -88,6 +88,8 @@ class QueueSettings(BaseModel):
     start_from: StartFrom = Field(StartFrom("first"), alias=_env("start_from"))
     commit_every: int = Field(500, alias=_env("commit_every"), ge=1)
     commit_interval_ms: int = Field(1000, alias=_env("commit_interval_ms"), ge=10)
+    #: How a batch is made durable before its offset is stored (see queue.durability).
+    durability: Literal["syncfs", "fsync"] = Field("syncfs", alias="QUEUE_DURABILITY")
     disk_warn_percent: float = Field(80.0, alias=_env("disk_warn_percent"), gt=0, le=100)
     disk_critical_percent: float = Field(95.0, alias=_env("disk_critical_percent"), gt=0, le=100)
     http_port: int = Field(contract.CONSUMER_HTTP_PORT, alias="QUEUE_HTTP_PORT", ge=1, le=65535)

@@ -6,6 +6,10 @@ Ordering guarantees, and why:
   directories fsynced, batched, right before the offset) before its offset is
   stored; the offset file is written before the server-side mirror. A crash at
   any point therefore replays, never skips.
+* The client's callback only puts each delivery in a bounded inbox; a worker
+  thread applies them a batch at a time (one thread hand-off per batch, not
+  per message) and stores the offset whenever the commit policy says so. A
+  full inbox holds the callback, and with it the client and the broker.
 * rstream swallows exceptions raised in a message callback and treats the
   message as delivered, so the callback catches everything itself. A failing
   disk stops the consumer (exit code 1, restarted by Kubernetes) instead of
@@ -49,6 +53,7 @@ import azaion_contract as contract
 from azaion_workloads.queue.config import Config
 from azaion_workloads.queue.disk import DiskGuard
 from azaion_workloads.queue.health import HealthServer
+from azaion_workloads.queue.inbox import Delivery, Inbox
 from azaion_workloads.queue.metrics import QueueMetrics
 from azaion_workloads.queue.offsets import CommitPolicy, OffsetFile, OffsetState
 from azaion_workloads.queue.periodic import PeriodicTasks, refresh_disk
@@ -70,6 +75,8 @@ HEARTBEAT_SECONDS = 20
 #: Credentials refused this many times in a row: exit EXIT_PERMANENT. Credentials
 #: come from a Secret through the environment, so only a restart picks up new ones.
 CREDENTIAL_FAILURES_TO_EXIT = 3
+#: Deliveries applied per worker-thread call at most (a stop waits for one message, not a batch).
+APPLY_BATCH = 500
 _CREDENTIAL_ERRORS = (
     AuthenticationFailure,
     SASLAuthenticationFailureLoopback,
@@ -109,7 +116,9 @@ class StreamConsumer:
         self.layout = config.layout
         self.state = ConsumerState()
         self.metrics = QueueMetrics(self.state)
-        self.processor = MessageProcessor(self.layout, settings.stream, group_commit=True)
+        self.processor = MessageProcessor(
+            self.layout, settings.stream, group_commit=True, durability=settings.durability, sole_writer=True
+        )
         self.offsets = OffsetFile(settings.offset_file)
         self.commits = CommitPolicy(settings.commit_every, settings.commit_interval_ms / 1000)
         self.disk = DiskGuard(self.layout.root, settings.disk_warn_percent, settings.disk_critical_percent)
@@ -133,7 +142,8 @@ class StreamConsumer:
             subscribed_at=lambda: self._subscribed_at,
             resubscribe=self._resubscribe,
         )
-        self._barrier_snapshot: OffsetState | None = None  # set by _barrier in the worker thread
+        self._inbox = Inbox()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- setup -------------------------------------------------------------
 
@@ -190,7 +200,7 @@ class StreamConsumer:
         self._stop.set()
 
     async def run(self, health: HealthServer | None = None) -> int:
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
         try:
@@ -203,6 +213,7 @@ class StreamConsumer:
         probe = TailProbe(self.settings.stream, self._probe_consumer)
         background = [
             asyncio.create_task(self._guarded(self.periodic.housekeeping())),
+            asyncio.create_task(self._guarded(self._apply_deliveries())),
             asyncio.create_task(self._guarded(self._commit_timer())),
             asyncio.create_task(self._guarded(self._mirror_offsets())),
             asyncio.create_task(self._guarded(self.periodic.report_status())),
@@ -345,6 +356,7 @@ class StreamConsumer:
         """Finish the message in hand, store the offset, then close the client."""
         async with self._lock:
             self._generation += 1  # callbacks still queued in the client do nothing now
+            self._inbox.clear()  # the next subscription delivers these again
             try:
                 await self._commit_locked()
             except OSError as error:
@@ -366,6 +378,12 @@ class StreamConsumer:
     # -- messages ----------------------------------------------------------
 
     async def _on_message(self, generation: int, raw: bytes, context: MessageContext) -> None:
+        """Hand a delivery to the applier; wait (holding up the client) while the inbox is full.
+
+        rstream awaits this callback before reading the next frame, so waiting
+        here is the flow control: the broker's credit stays bounded and a slow
+        disk pauses delivery instead of filling memory.
+        """
         try:
             if not self._wanted(generation, context.offset):
                 return
@@ -373,26 +391,48 @@ class StreamConsumer:
                 if self._stop.is_set():
                     return
                 await asyncio.sleep(0.5)
-            async with self._lock:
+            while self._inbox.full():
+                self._inbox.drained.clear()
+                await _first_of(self._inbox.drained.wait(), self._stop.wait())
                 if not self._wanted(generation, context.offset):
                     return
-                self.state.in_hand_since = time.monotonic()
-                self._barrier_snapshot = None
-                try:
-                    outcome = await asyncio.to_thread(
-                        self.processor.process, raw, context.offset, context.timestamp, self._barrier
-                    )
-                finally:
-                    self.state.in_hand_since = None
-                    if self._barrier_snapshot is not None:
-                        self._committed(self._barrier_snapshot)
-                self._record(outcome, context)
-                if self.commits.due():
-                    await self._commit_locked()
+            self._inbox.put(Delivery(generation, raw, context.offset, context.timestamp))
         except asyncio.CancelledError:
             raise
         except Exception as error:  # never let rstream swallow it and move on
             self._fail(error)
+
+    async def _apply_deliveries(self) -> None:
+        """Apply what the inbox holds, a batch per worker-thread call (not a thread hand-off per message)."""
+        while True:
+            await self._inbox.delivered.wait()
+            async with self._lock:
+                batch = self._inbox.take(APPLY_BATCH)
+                if not batch:
+                    continue
+                try:
+                    await asyncio.to_thread(self._apply_batch, batch)
+                finally:
+                    self.state.in_hand_since = None
+
+    def _apply_batch(self, batch: list[Delivery]) -> None:
+        """Worker thread, lock held: process each delivery in order, committing whenever due.
+
+        The event loop waits on this thread with the lock held, so nothing else
+        changes the offset state meanwhile. A stop request ends the batch at
+        the next message: what is left is delivered again after the restart.
+        """
+        for delivery in batch:
+            if not self._wanted(delivery.generation, delivery.offset):
+                if self._stop.is_set():
+                    return
+                continue
+            self.state.in_hand_since = time.monotonic()
+            outcome = self.processor.process(delivery.raw, delivery.offset, delivery.timestamp, self._barrier)
+            self.state.in_hand_since = None
+            self._record(outcome, delivery)
+            if self.commits.due():
+                self._commit_now()
 
     def _wanted(self, generation: int, offset: int) -> bool:
         if generation != self._generation or self._stop.is_set():
@@ -400,16 +440,16 @@ class StreamConsumer:
         processed = self.state.processed_offset
         return processed is None or offset > processed
 
-    def _record(self, outcome: Outcome, context: MessageContext) -> None:
+    def _record(self, outcome: Outcome, delivery: Delivery) -> None:
         st = self.state
-        st.processed_offset = context.offset
+        st.processed_offset = delivery.offset
         st.messages_processed += 1
         if outcome.result == "quarantined":
             st.messages_quarantined += 1
             self.metrics.quarantined.labels(outcome.reason or "unknown").inc()
         st.last_message_time = (
-            dt.datetime.fromtimestamp(context.timestamp / 1000, dt.UTC)
-            if context.timestamp
+            dt.datetime.fromtimestamp(delivery.timestamp / 1000, dt.UTC)
+            if delivery.timestamp
             else dt.datetime.now(dt.UTC)
         )
         st.last_progress = time.monotonic()
@@ -433,37 +473,28 @@ class StreamConsumer:
         )
 
     async def _commit_locked(self) -> None:
-        """Write the offset file (the caller holds the lock); then mirror it to the server."""
+        """Store the offset (the caller holds the lock); then mirror it to the server."""
+        await asyncio.to_thread(self._commit_now)
+
+    def _commit_now(self) -> None:
+        """Make everything processed durable, then store its offset (a worker thread, lock held)."""
         snapshot = self._snapshot()
         if snapshot is None:
             return
-        await asyncio.to_thread(self._durable_then_save, snapshot)
-        self._committed(snapshot)
-
-    def _committed(self, snapshot: OffsetState) -> None:
+        self.processor.sync()  # the renames of every message up to the offset, first
+        self.offsets.save(snapshot)
         self.commits.reset()
         self.state.committed_offset = snapshot.offset
         self.metrics.commits.inc()
-        self._mirror_event.set()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._mirror_event.set)
 
     def _barrier(self) -> None:
-        """Store the offset before a message that deletes or revives a name (worker thread, lock held).
-
-        The event loop waits on this thread with the lock held, so nothing else
-        touches the offset state meanwhile; the loop records the commit after.
-        """
-        snapshot = self._snapshot()
-        if snapshot is None:
-            return
+        """Store the offset before a message that deletes or revives a name (worker thread, lock held)."""
         try:
-            self._durable_then_save(snapshot)
+            self._commit_now()
         except Exception as error:
             raise BarrierFailed(f"storing the offset before a deletion or revival failed: {error}") from error
-        self._barrier_snapshot = snapshot
-
-    def _durable_then_save(self, snapshot: OffsetState) -> None:
-        self.processor.sync()  # the renames of every message up to the offset, first
-        self.offsets.save(snapshot)
 
     async def _commit_timer(self) -> None:
         period = min(0.25, self.commits.interval / 2)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from azaion_workloads.classes import ClassCatalog
 from azaion_workloads.layout import DataLayout
 from azaion_workloads.queue.apply import Applier, Effects
-from azaion_workloads.queue.durability import PendingDirectories
+from azaion_workloads.queue.durability import Durability, PendingDirectories
 from azaion_workloads.queue.quarantine import Quarantine
-from azaion_workloads.queue.staging import StagedTree
+from azaion_workloads.queue.staging import Listings, StagedTree
 from azaion_workloads.queue.wire import (
     AnnotationMessage,
     AnnotationStatus,
@@ -59,12 +59,20 @@ class MessageProcessor:
     returns (a replay by hand, the tests of single messages).
     """
 
-    def __init__(self, layout: DataLayout, stream: str, group_commit: bool = False) -> None:
+    def __init__(
+        self,
+        layout: DataLayout,
+        stream: str,
+        group_commit: bool = False,
+        durability: Durability = "fsync",
+        sole_writer: bool = False,
+    ) -> None:
+        """``sole_writer``: nothing else changes the annotation directories meanwhile (see :class:`Listings`)."""
         self.layout = layout
-        self.pending = PendingDirectories()
-        self.tree = StagedTree(self.pending)
+        self.pending = PendingDirectories(durability)
+        self.tree = StagedTree(self.pending, listings=Listings() if sole_writer else None)
         self.applier = Applier(layout, self.tree)
-        self.quarantine = Quarantine(layout.quarantine, stream, self.pending)
+        self.quarantine = Quarantine(layout.quarantine, stream, self.tree)
         self.group_commit = group_commit
         self._catalog_checked = 0.0
         self._catalog_stamp: tuple[int, int] | None = None
@@ -153,6 +161,8 @@ class MessageProcessor:
         started: float,
     ) -> Outcome:
         self.quarantine.put(offset, raw, error, stored_at_ms, status_property(raw))
+        if not self.group_commit:
+            self.tree.flush()
         log.warning(
             "message quarantined",
             extra={"offset": offset, "type": kind, "reason": str(error), "kind": error.kind},

@@ -4,7 +4,9 @@ Each quarantined message becomes two files named after its stream offset:
 ``<offset>.msg`` (the stream entry exactly as received, so it can be examined
 or replayed by hand) and ``<offset>.json`` (offset, stream, reason). The
 record holds nothing that changes between runs, so a replay after a crash
-rewrites identical files.
+rewrites identical files. Both are staged in the batch's
+:class:`~azaion_workloads.queue.staging.StagedTree` like every other write,
+so a quarantined message costs no fsync of its own.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import json
 from pathlib import Path
 
 from azaion_contract.timefmt import rfc3339, rfc3339_from_millis
-from azaion_workloads.fsutil import atomic_write_bytes
 from azaion_workloads.queue.durability import PendingDirectories
+from azaion_workloads.queue.staging import StagedTree
 from azaion_workloads.queue.wire import MalformedMessage
 
 
@@ -25,10 +27,12 @@ def record_name(offset: int) -> str:
 
 
 class Quarantine:
-    def __init__(self, directory: Path, stream: str, pending: PendingDirectories | None = None) -> None:
+    def __init__(self, directory: Path, stream: str, tree: StagedTree | None = None) -> None:
+        """With ``tree`` the records wait for its flush; without one each is durable when ``put`` returns."""
         self.directory = directory
         self.stream = stream
-        self.pending = PendingDirectories() if pending is None else pending
+        self._own_tree = tree is None
+        self.tree = StagedTree(PendingDirectories()) if tree is None else tree
 
     def put(
         self,
@@ -40,7 +44,7 @@ class Quarantine:
     ) -> Path:
         """Keep the message and why it was refused; return the record's path."""
         stem = record_name(offset)
-        atomic_write_bytes(self.directory / f"{stem}.msg", raw, sync_directory=False)
+        self.tree.write(self.directory / f"{stem}.msg", raw)
         record = {
             "offset": offset,
             "stream": self.stream,
@@ -52,8 +56,10 @@ class Quarantine:
         }
         # The record is written last: a .json file means the .msg beside it is whole.
         path = self.directory / f"{stem}.json"
-        atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), sync_directory=False)
-        self.pending.add(self.directory)
+        self.tree.write(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        if self._own_tree:
+            self.tree.flush()
+            self.tree.pending.sync()
         return path
 
 

@@ -4,8 +4,9 @@ The consumer applies many messages, then makes them durable together instead
 of paying two fsyncs per message. Each file a message writes goes to a
 temporary name in its destination directory straight away (memory stays
 bounded); the renames, moves and removals wait for :meth:`StagedTree.flush`,
-which first fsyncs every temporary file of the batch (in parallel: the
-journal commits them together), then performs the operations in their order,
+which first makes every temporary file of the batch durable (one syncfs of
+each filesystem written to, or fsyncs of each file in parallel: see
+:mod:`~azaion_workloads.queue.durability`), then performs the operations in their order,
 so the disk ends exactly as if each had been done at once. Meanwhile the
 applier sees the batch's effects through :meth:`exists` and
 :meth:`read_bytes`, so message n+1 is decided on top of message n.
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from azaion_workloads.fsutil import TEMP_PREFIX
-from azaion_workloads.queue.durability import PendingDirectories
+from azaion_workloads.queue.durability import PendingDirectories, sync_filesystems
 
 #: Threads issuing the batch's fsyncs; more than one lets the journal merge them.
 FSYNC_WORKERS = 8
@@ -40,6 +41,50 @@ def _fsync_file(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Listings:
+    """Which names the directories hold, each read with one listing, then kept by this process's own operations.
+
+    For a process that is the only writer of the directories (the consumer
+    and its annotation directories): a lookup is a set membership instead of
+    a stat, and a Created message looks up some twenty paths. A file removed
+    behind its back makes an operation on it fail (the consumer exits and
+    starts again with fresh listings); a file added behind its back is not
+    seen until then.
+    """
+
+    def __init__(self) -> None:
+        self._names: dict[str, set[str]] = {}
+
+    def _of(self, directory: str) -> set[str]:
+        names = self._names.get(directory)
+        if names is None:
+            try:
+                with os.scandir(directory) as entries:
+                    names = {entry.name for entry in entries}
+            except (FileNotFoundError, NotADirectoryError):
+                names = set()
+            self._names[directory] = names
+        return names
+
+    def exists(self, path: str) -> bool:
+        directory, name = os.path.split(path)
+        return name in self._of(directory)
+
+    def added(self, path: str) -> None:
+        directory, name = os.path.split(path)
+        if directory in self._names:
+            self._names[directory].add(name)
+
+    def removed(self, path: str) -> None:
+        directory, name = os.path.split(path)
+        if directory in self._names:
+            self._names[directory].discard(name)
+
+    def forget(self) -> None:
+        """Read every directory again on its next lookup."""
+        self._names.clear()
 
 
 #: (source, destination): ``source`` renamed to ``destination``; with None, ``source`` unlinked.
@@ -56,7 +101,11 @@ class StagedTree:
     #: from), or None when the batch removed it. Paths not here are as on disk.
     _view: dict[str, str | None] = field(default_factory=dict)
     _temporary: list[str] = field(default_factory=list)
+    #: A directory on each filesystem the batch's temporary files are on, by device.
+    _devices: dict[int, str] = field(default_factory=dict)
     _pool: ThreadPoolExecutor | None = None
+    #: With listings, what is on disk is looked up in them instead of stat'ed (see :class:`Listings`).
+    listings: Listings | None = None
 
     def __len__(self) -> int:
         return len(self._operations)
@@ -64,6 +113,8 @@ class StagedTree:
     def _where(self, path: str) -> str | None:
         if path in self._view:
             return self._view[path]
+        if self.listings is not None:
+            return path if self.listings.exists(path) else None
         return path if os.path.exists(path) else None
 
     def exists(self, path: str | os.PathLike[str]) -> bool:
@@ -88,12 +139,17 @@ class StagedTree:
             os.makedirs(directory, exist_ok=True)
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(temporary, mode)  # exactly ``mode``, whatever the umask
+            written = 0
+            with memoryview(data) as view:
+                while written < len(view):
+                    written += os.write(fd, view[written:])
+            os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
+            self._devices.setdefault(os.fstat(fd).st_dev, directory)
         except BaseException:
             os.unlink(temporary)
             raise
+        finally:
+            os.close(fd)
         self._temporary.append(temporary)
         self._operations.append((temporary, final))
         self._view[final] = temporary
@@ -122,27 +178,42 @@ class StagedTree:
         """Contents durable, then every operation in order; the number of operations done."""
         if not self._operations:
             return 0
-        if len(self._temporary) > 1:
+        if self.pending.durability == "syncfs":
+            sync_filesystems(self._devices)
+        elif len(self._temporary) > 1:
             self._pool = self._pool or ThreadPoolExecutor(FSYNC_WORKERS, thread_name_prefix="fsync")
             list(self._pool.map(_fsync_file, self._temporary))
         elif self._temporary:
             _fsync_file(self._temporary[0])
         done = len(self._operations)
-        for operation in self._operations:
-            self._perform(operation)
+        try:
+            for operation in self._operations:
+                self._perform(operation)
+        except BaseException:
+            if self.listings is not None:
+                self.listings.forget()  # what is on disk now is not known exactly
+            raise
         self._operations.clear()
         self._view.clear()
         self._temporary.clear()
+        self._devices.clear()
         return done
 
     def _perform(self, operation: _Operation) -> None:
         source, destination = operation
+        listings = self.listings
         if destination is not None:
             os.replace(source, destination)
             self.pending.add(os.path.dirname(source), os.path.dirname(destination))
+            if listings is not None:
+                listings.removed(source)
+                listings.added(destination)
             return
         try:
             os.unlink(source)
         except FileNotFoundError:
             return
+        finally:
+            if listings is not None:
+                listings.removed(source)
         self.pending.add(os.path.dirname(source))
