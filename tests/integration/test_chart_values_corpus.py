@@ -108,6 +108,20 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"operator.extraEnv": [{"name": "TZ", "valu": "UTC"}]}, "operator.extraEnv.0", "'valu' not allowed"),
     ({"operator.extraEnv": [{"name": "A=B", "value": "1"}]}, "operator.extraEnv.0.name", "pattern"),
     ({"operator.extraEnv": [{"value": "1"}]}, "operator.extraEnv.0", "missing property 'name'"),
+    # The monitoring blocks (templates/prometheusrule.yaml, grafana-dashboard.yaml, podmonitor.yaml).
+    ({"prometheusRule.enabled": "yes"}, "prometheusRule.enabled", "want boolean"),
+    ({"prometheusRule.dataVolume.warningPercent": "80"}, "prometheusRule.dataVolume.warningPercent", "want number"),
+    ({"prometheusRule.dataVolume.criticalPercent": 0}, "prometheusRule.dataVolume.criticalPercent", "exclusiveMinimum"),
+    ({"prometheusRule.dataVolume.warningPercent": 95}, "prometheusRule.dataVolume.warningPercent", "must be below"),
+    ({"prometheusRule.offsetStalled.for": 30}, "prometheusRule.offsetStalled.for", "want string"),
+    ({"prometheusRule.offsetStalled.for": "30 min"}, "prometheusRule.offsetStalled.for", "pattern"),
+    ({"prometheusRule.attemptFailures.window": "0s"}, "prometheusRule.attemptFailures.window", "not"),
+    ({"prometheusRule.alertLabels": {"severity level": "x"}}, "prometheusRule.alertLabels", "not allowed"),
+    ({"grafana.dashboards.labelValue": 1}, "grafana.dashboards.labelValue", "want string"),
+    ({"grafana.dashboards.label": ""}, "grafana.dashboards.label", "pattern"),
+    ({"grafana.dashboards.namespace": "Grafana"}, "grafana.dashboards.namespace", "anyOf"),
+    ({"grafana.dashboards.folder": "Azaion"}, "grafana.dashboards", "'folder' not allowed"),
+    ({"consumerPodMonitor.enabled": 1}, "consumerPodMonitor.enabled", "want boolean"),
 ]
 
 #: Good variants: every value set, and the edges of what the CRD takes.
@@ -151,6 +165,28 @@ GOOD: list[dict[str, Any]] = [
         "queueImage.digest": "sha256:" + "0123456789abcdef" * 4,
     },
     {f"{AC}.startFrom": "last", f"{AC}.rabbitmq.host": "RabbitMQ-1.Example", f"{AC}.resources.memory": "1.5G"},
+    # The monitoring blocks on, every value set (they leave the consumer's spec alone).
+    {
+        "prometheusRule.enabled": True,
+        "prometheusRule.labels": {"release": "kube-prometheus-stack"},
+        "prometheusRule.alertLabels": {"team": "ml"},
+        "prometheusRule.consumerNotReady.for": "10m",
+        "prometheusRule.offsetStalled.for": "1h",
+        "prometheusRule.dataVolume.warningPercent": 75.5,
+        "prometheusRule.dataVolume.criticalPercent": 100,
+        "prometheusRule.dataVolume.for": "0s",
+        "prometheusRule.attemptFailures.window": "1d",
+        "prometheusRule.gpuWait.for": "2h30m",
+        "grafana.dashboards.enabled": True,
+        "grafana.dashboards.label": "grafana.example/dashboard",
+        "grafana.dashboards.labelValue": "",
+        "grafana.dashboards.namespace": "monitoring",
+        "grafana.dashboards.labels": {"team": "ml"},
+        "grafana.dashboards.annotations": {"grafana_folder": "Azaion"},
+        "consumerPodMonitor.enabled": True,
+        "consumerPodMonitor.interval": "1m",
+        "consumerPodMonitor.labels": {"release": "kube-prometheus-stack"},
+    },
 ]
 
 # The values whose spec fields GOOD[1] renders only when set.

@@ -276,6 +276,9 @@ def test_helm_lint_is_clean(cluster):
             "annotationConsumer.rabbitmq.credentialsSecretRef.name": "rabbitmq",
             "data.create": True,
             "serviceMonitor.enabled": True,
+            "consumerPodMonitor.enabled": True,
+            "prometheusRule.enabled": True,
+            "grafana.dashboards.enabled": True,
         },
     ):
         result = helm(cluster, "lint", "--strict", str(CHART), *set_args(values))
@@ -304,6 +307,9 @@ def test_rendered_manifests_are_accepted_by_the_api_server(cluster, crds, namesp
             "annotationConsumer.resources.memory": "512Mi",
             "networkPolicy.enabled": True,
             "podDisruptionBudget.enabled": True,
+            # The dashboard's ConfigMap (the PrometheusRule and PodMonitor need the
+            # Prometheus operator's CRDs, which this cluster does not have).
+            "grafana.dashboards.enabled": True,
             **mode,
         }
         rendered = helm(
@@ -322,6 +328,7 @@ def test_rendered_manifests_are_accepted_by_the_api_server(cluster, crds, namesp
             "NetworkPolicy",
             "PodDisruptionBudget",
             "Pod",
+            "ConfigMap",
         } <= kinds, kinds
         if mode:
             assert {"Role", "RoleBinding"} <= kinds
@@ -361,6 +368,10 @@ BAD_VALUES = [
     ({"annotationConsumer.enabled": True}, "/annotationConsumer/rabbitmq/host", "minLength"),
     ({"annotationConsumer.stallAfter": "soon"}, "/annotationConsumer/stallAfter", "does not match pattern"),
     ({"resourses": {}}, "additional properties 'resourses' not allowed", ""),
+    ({"prometheusRule.dataVolume.criticalPercent": "95"}, "/prometheusRule/dataVolume/criticalPercent", "want number"),
+    ({"prometheusRule.gpuWait.for": "1 hour"}, "/prometheusRule/gpuWait/for", "does not match pattern"),
+    ({"grafana.dashboards.labelValue": 1}, "/grafana/dashboards/labelValue", "want string"),
+    ({"grafana.dashboards.enabled": "true"}, "/grafana/dashboards/enabled", "want boolean"),
     ({"annotationConsumer.disk.warnPercent": 96}, "annotationConsumer.disk.warnPercent (96) must be below", ""),
 ]
 

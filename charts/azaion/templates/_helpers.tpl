@@ -71,6 +71,11 @@ app.kubernetes.io/component: operator
 {{- fail (printf "annotationConsumer.disk.warnPercent (%v) must be below annotationConsumer.disk.criticalPercent (%v)" .warnPercent .criticalPercent) -}}
 {{- end -}}
 {{- end -}}
+{{- with .Values.prometheusRule.dataVolume -}}
+{{- if ge (float64 .warningPercent) (float64 .criticalPercent) -}}
+{{- fail (printf "prometheusRule.dataVolume.warningPercent (%v) must be below prometheusRule.dataVolume.criticalPercent (%v)" .warningPercent .criticalPercent) -}}
+{{- end -}}
+{{- end -}}
 {{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) -}}
 {{- fail "operator.metricsPort and operator.healthPort must differ" -}}
 {{- end -}}
