@@ -137,6 +137,7 @@ TRAINING_ENV: Final[tuple[Binding, ...]] = (
     _simple("S3_PREFIX", "s3_prefix", "publish.s3.prefix"),
     _simple("S3_ENDPOINT", "s3_endpoint", "publish.s3.endpoint"),
     _simple("S3_REGION", "s3_region", "publish.s3.region"),
+    _simple("S3_MIRROR_CHECKPOINTS", "mirror_checkpoints", "publish.s3.mirror_checkpoints"),
     Binding(
         "AWS_ACCESS_KEY_ID",
         None,
@@ -164,6 +165,7 @@ TRAINING_POD_SPEC_FIELDS: Final[frozenset[str]] = frozenset(
         "resources.runtime_class_name",
         "resources.priority_class_name",
         "queue_name",  # the Job's Kueue queue label
+        "workload_priority_class",  # the Job's Kueue priority-class label
         "image",  # the container image (the resolved one also reaches AZAION_IMAGE)
         "failure_policy.max_failures",  # the operator's retry budgets
         "failure_policy.max_preemptions",

@@ -394,7 +394,8 @@ def scraped(text: str) -> dict[str, set[str]]:
 
 @pytest.fixture
 def operator_scrape(operator, api_client, namespace, data_claim, cluster) -> dict[str, set[str]]:
-    """The operator's /metrics after a TrainingRun started an attempt and failed for good."""
+    """The operator's /metrics after a TrainingRun started an attempt and failed for good, and
+    while another waits for GPUs."""
     if operator is None:
         pytest.skip("the operator runs outside the tests (--external-operator): its metrics are not here")
     if not cluster.simulated:
@@ -415,10 +416,23 @@ def operator_scrape(operator, api_client, namespace, data_claim, cluster) -> dic
         return (status.get("status") or {}).get("phase") == "Failed"
 
     wait_until(failed, 60, "the TrainingRun to fail")
+    # A run no GPU node can hold, last in line: it waits in the GPU queue with a place.
+    waiting = trainingrun("waits", resources={"gpus": 16}, priority=-1000)
+    api.create_namespaced_custom_object("ai.azaion.com", "v1alpha1", namespace, "trainingruns", waiting)
+    # What a trainer reports as it trains (kwok runs no trainer): the per-run gauges' source.
+    progress = {"epoch": 1, "epochs": 2, "percent": 50.0, "etaSeconds": 30, "metrics": {"map50": 0.5, "boxLoss": 1.0}}
+    api.patch_namespaced_custom_object_status(
+        "ai.azaion.com", "v1alpha1", namespace, "trainingruns", "fails", {"status": {"progress": progress}}
+    )
     wait_until(
-        lambda: 'phase="Failed"' in operator.metrics() and "azaion_trainingrun_failures_total{" in operator.metrics(),
+        lambda: (
+            'phase="Failed"' in operator.metrics()
+            and "azaion_trainingrun_failures_total{" in operator.metrics()
+            and "azaion_trainingrun_map50{" in operator.metrics()
+            and "azaion_trainingrun_queue_position{" in operator.metrics()
+        ),
         30,
-        "the failure in the operator's metrics",
+        "the failure, the run's progress and the queued run's place in the operator's metrics",
     )
     return scraped(operator.metrics())
 

@@ -83,19 +83,27 @@ def local_queue(api_client, namespace: str) -> Iterator[str]:
     scheduling = client.SchedulingV1Api(api_client)
     for name, value in ((f"low-{suffix}", 10), (f"high-{suffix}", 1000)):
         scheduling.create_priority_class(client.V1PriorityClass(metadata=client.V1ObjectMeta(name=name), value=value))
+        # Kueue's own priorities: the same names, for workloads only.
+        wpc = {"apiVersion": "/".join(KUEUE), "kind": "WorkloadPriorityClass", "metadata": {"name": name}}
+        _create(api_client, "workloadpriorityclasses", {**wpc, "value": value})
     yield suffix
     api = client.CustomObjectsApi(api_client)
     for name in (f"low-{suffix}", f"high-{suffix}"):
         scheduling.delete_priority_class(name)
+        api.delete_cluster_custom_object(*KUEUE, "workloadpriorityclasses", name)
     api.delete_cluster_custom_object(*KUEUE, "clusterqueues", cluster_queue)
     api.delete_cluster_custom_object(*KUEUE, "resourceflavors", flavor)
 
 
-def _kueue_run(name: str, priority_class: str | None = None) -> dict[str, Any]:
+def _kueue_run(name: str, priority_class: str | None = None, kind: str = "pod") -> dict[str, Any]:
+    """``kind``: the priority as the pods' PriorityClass, or as a Kueue WorkloadPriorityClass only."""
     resources: dict[str, Any] = {"gpus": 1, "cpu": "1", "memory": "1Gi"}
-    if priority_class:
+    extra: dict[str, Any] = {}
+    if priority_class and kind == "pod":
         resources["priorityClassName"] = priority_class
-    return run_body(name, queueName="gpus", resources=resources, podAnnotations=HOLD)
+    elif priority_class:
+        extra["workloadPriorityClass"] = priority_class
+    return run_body(name, queueName="gpus", resources=resources, podAnnotations=HOLD, **extra)
 
 
 def _suspended(api_client, namespace: str, run: str) -> bool:
@@ -125,14 +133,19 @@ def test_kueue_admits_by_its_quota_and_the_next_run_waits_in_kueue(api_client, n
     assert (status["attempts"], status["failures"], status["preemptions"]) == (1, 0, 0)
 
 
+@pytest.mark.parametrize("kind", ["pod", "workload"])
 def test_a_higher_priority_run_preempts_and_the_victim_counts_a_preemption_and_resumes(
-    api_client, namespace, local_queue
+    api_client, namespace, local_queue, kind
 ):
-    create_run(api_client, namespace, _kueue_run("victim", f"low-{local_queue}"))
+    create_run(api_client, namespace, _kueue_run("victim", f"low-{local_queue}", kind))
     wait_phase(api_client, namespace, "victim", "Running")
     (first_pod,) = pods_of(api_client, namespace, "victim")
+    (job,) = jobs_of(api_client, namespace, "victim")
+    if kind == "workload":
+        assert job.metadata.labels["kueue.x-k8s.io/priority-class"] == f"low-{local_queue}"
+        assert not job.spec.template.spec.priority_class_name, "the pods' own priority is untouched"
 
-    create_run(api_client, namespace, _kueue_run("urgent", f"high-{local_queue}"))
+    create_run(api_client, namespace, _kueue_run("urgent", f"high-{local_queue}", kind))
     wait_phase(api_client, namespace, "urgent", "Running", timeout=60)
     wait_until(lambda: status_of(api_client, namespace, "victim").get("preemptions") == 1, 30, "the preemption counted")
     status = wait_phase(api_client, namespace, "victim", "Queued")

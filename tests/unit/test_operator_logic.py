@@ -378,6 +378,11 @@ def test_kueue_jobs_are_created_suspended_with_the_queue_label():
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "azaion"
     job = build_job(META, spec(), 1, "img", OperatorConfig())
     assert "suspend" not in job["spec"] and "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    job = build_job(META, spec(queueName="team-a", workloadPriorityClass="urgent"), 1, "img", OperatorConfig())
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "urgent"
+    assert "priorityClassName" not in job["spec"]["template"]["spec"], "Kueue's priority only"
+    job = build_job(META, spec(workloadPriorityClass="urgent"), 1, "img", OperatorConfig())
+    assert "kueue.x-k8s.io/priority-class" not in job["metadata"]["labels"], "the built-in queue orders by priority"
     with pytest.raises(SystemExit, match="AZAION_QUEUEING"):
         OperatorConfig.from_env({"AZAION_QUEUEING": "volcano"})
 

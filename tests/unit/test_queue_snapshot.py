@@ -52,16 +52,35 @@ def snapshot(lists: Lists, clock: Clock) -> QueueSnapshot:
     return QueueSnapshot(lists.list_runs, lambda: [NODE], lambda: [], clock=clock)
 
 
-def test_many_admissions_within_a_second_share_one_listing_and_a_later_one_lists_again() -> None:
+def test_many_admissions_share_one_listing_of_runs_and_the_safety_net_lists_them_again() -> None:
     lists, clock = Lists([run("a")]), Clock()
     shot = snapshot(lists, clock)
     for _ in range(50):
         assert [r["metadata"]["name"] for r in shot.runs()] == ["a"]
     assert lists.calls == 1
-    lists.runs.append(run("b"))
+    lists.runs.append(run("b"))  # a run whose event the operator missed
     clock.now += 1.5
+    assert [r["metadata"]["name"] for r in shot.runs()] == ["a"]  # the watch keeps runs current
+    clock.now += shot.runs_max_age
     assert sorted(r["metadata"]["name"] for r in shot.runs()) == ["a", "b"]
     assert lists.calls == 2
+
+
+def test_nodes_and_foreign_pods_are_listed_again_after_a_second_without_listing_runs() -> None:
+    lists, clock = Lists([run("a")]), Clock()
+    node_lists = [0]
+
+    def nodes() -> list[dict]:
+        node_lists[0] += 1
+        return [NODE]
+
+    shot = QueueSnapshot(lists.list_runs, nodes, lambda: [], clock=clock)
+    shot.nodes()
+    shot.nodes()
+    clock.now += 1.5
+    shot.nodes()
+    shot.runs()
+    assert node_lists[0] == 2 and lists.calls == 1
 
 
 def test_a_run_admitted_a_moment_ago_holds_its_gpu_before_the_next_listing() -> None:

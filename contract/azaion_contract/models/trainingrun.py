@@ -277,6 +277,13 @@ class S3Publish(ApiModel):
     """Region name."""
     credentials_secret_ref: S3CredentialsRef
     """Secret with the access keys (never put keys in the spec)."""
+    mirror_checkpoints: bool = False
+    """Also upload every verified checkpoint, encrypted with the model key, to \
+<prefix>/checkpoints/<namespace>/<name>/ (the newest 3 end-of-epoch copies and the current mid-epoch one) and \
+restore from there when the data volume holds no newer checkpoint, so an attempt can resume on a node that does \
+not mount the volume the checkpoints were written to. Uploads run beside training and never fail it \
+(status.checkpointMirror shows them); the copies stay after the run, like the local ones. The alternative: \
+a ReadWriteMany data claim that every GPU node mounts."""
 
 
 class PublishSpec(ApiModel):
@@ -398,6 +405,9 @@ class TrainingRunSpec(ApiModel):
     queue_name: DnsSubdomain | None = None
     """Kueue LocalQueue of the run's Jobs: Kueue admits them instead of the built-in GPU queue
     (the operator's default queue when its queueing is kueue)."""
+    workload_priority_class: DnsSubdomain | None = None
+    """Kueue WorkloadPriorityClass of the run's Jobs: their order and preemption in Kueue, without
+    changing the pods' scheduling priority (resources.priorityClassName does both). Kueue queueing only."""
     liveness_timeout_seconds: int = Field(default=1800, ge=60)
     """Restart a trainer whose progress heartbeat is older than this (a hung process)."""
     termination_grace_period_seconds: int = Field(default=300, ge=30, le=86400)
@@ -454,6 +464,9 @@ class ResumePoint(StatusModel):
     """Batches the interrupted attempt had trained past this point, trained again."""
     pod: str | None = None
     """The pod that resumed."""
+    source: str | None = None
+    """The S3 URI of the mirrored checkpoint it was restored from (publish.s3.mirrorCheckpoints); \
+unset when the checkpoint was on the data volume."""
 
 
 class Progress(StatusModel):
@@ -492,6 +505,25 @@ class Checkpoint(StatusModel):
     """SHA-256 of the checkpoint file."""
     saved_at: str | None = None
     """When it was saved (RFC 3339)."""
+
+
+class CheckpointMirror(StatusModel):
+    """The S3 copies of the run's verified checkpoints (publish.s3.mirrorCheckpoints)."""
+
+    uri: str | None = None
+    """The newest mirrored checkpoint (encrypted with the model key)."""
+    epoch: int | None = None
+    """Epoch that checkpoint was saved after."""
+    batch: int | None = None
+    """Batches of the following epoch done (a mid-epoch checkpoint); 0 at an epoch boundary."""
+    mirrored_at: str | None = None
+    """When its upload completed (RFC 3339)."""
+    failures: int | None = None
+    """Uploads that failed since the pod started (training goes on without them)."""
+    last_error: str | None = None
+    """Why the latest failed upload failed."""
+    last_error_at: str | None = None
+    """When the latest upload failed (RFC 3339)."""
 
 
 class DatasetArtifact(StatusModel):
@@ -624,5 +656,7 @@ class TrainingRunStatus(ReconciledStatus):
     """Training progress (written by the pod)."""
     last_checkpoint: Checkpoint | None = None
     """Newest verified checkpoint (written by the pod)."""
+    checkpoint_mirror: CheckpointMirror | None = None
+    """The checkpoints' S3 mirror, when publish.s3.mirrorCheckpoints is on (written by the pod)."""
     artifacts: Artifacts | None = None
     """Produced files and published objects (written by the pod)."""

@@ -19,7 +19,7 @@ from azaion_operator.kit.objects import (
     pod_security_context,
     status_reporter_identity,
 )
-from azaion_operator.trainingrun.kueue import QUEUE_LABEL, local_queue
+from azaion_operator.trainingrun.kueue import PRIORITY_CLASS_LABEL, QUEUE_LABEL, local_queue
 
 TMP_MOUNT = "/tmp"  # noqa: S108 - an emptyDir: the root filesystem is read-only
 
@@ -174,6 +174,8 @@ def build_job(
     if queue is not None:
         job_spec["suspend"] = True  # Kueue unsuspends it on admission
         labels = {**labels, QUEUE_LABEL: queue}
+        if spec.workload_priority_class:
+            labels[PRIORITY_CLASS_LABEL] = spec.workload_priority_class
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
+from prometheus_client import REGISTRY
 
 from azaion_contract import API_GROUP, API_VERSION, LABEL_TRAININGRUN
 from azaion_contract.models.trainingrun import PLURAL, Phase, TrainingRunSpec
@@ -19,13 +20,19 @@ from azaion_operator.kit import kube
 from azaion_operator.trainingrun import reconcile as controller
 from azaion_operator.trainingrun.lifecycle import TERMINAL, ttl_expired
 from azaion_operator.trainingrun.outcomes import is_disrupted
+from azaion_operator.trainingrun.runmetrics import RunCollector
 
 log = logging.getLogger(__name__)
+
+REGISTRY.register(RunCollector(controller.known_runs))
 
 #: A run nothing happened to is looked at again after this long (missed events).
 SAFETY_NET_SECONDS = 60.0
 #: A finished run past its TTL is retried this often until its Jobs are gone.
 TTL_CHECK_SECONDS = 10.0
+#: A run changed this recently has its event still on the way to kopf's handler
+#: (in a burst, behind hundreds of others): the resync leaves it to that.
+EVENT_GRACE_SECONDS = 10.0
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
@@ -94,7 +101,8 @@ def _due(run: dict[str, Any], monotonic_now: float) -> bool:
             return False
         return ttl_expired(spec, status, now()) and since > TTL_CHECK_SECONDS
     if controller.handled_generation.get(key) != meta.get("generation"):
-        return True  # never reconciled to the end at this spec
+        # Never reconciled to the end at this spec: a failed reconcile, or an event still queued.
+        return monotonic_now - controller.heard_at.get(key, 0.0) > EVENT_GRACE_SECONDS
     retry_at = parse_rfc3339_or_none(status.get("nextAttemptAt"))
     if retry_at is not None and retry_at <= now():
         return True

@@ -17,6 +17,8 @@ from azaion_contract.models.trainingrun import TrainingRunSpec
 from azaion_operator.config import OperatorConfig
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: Kueue's label naming a Job's WorkloadPriorityClass.
+PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"
 #: Kueue's label on a Job's Workload: the Job's UID.
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 GROUP, VERSION, WORKLOADS = "kueue.x-k8s.io", "v1beta2", "workloads"

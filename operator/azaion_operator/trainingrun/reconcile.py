@@ -8,7 +8,6 @@ serialised across runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -54,6 +53,8 @@ last_reconciled: dict[Key, float] = {}
 #: The spec generation each run was last reconciled at to the end: a change of
 #: the run that leaves it (a status write) needs no reconcile of its own.
 handled_generation: dict[Key, int] = {}
+#: When the watch last delivered each run (monotonic seconds).
+heard_at: dict[Key, float] = {}
 #: What admissions decide on (read and written under ``_admission_lock`` only).
 _snapshot = QueueSnapshot(
     list_runs=lambda: kube.list_resources(PLURAL),
@@ -65,6 +66,13 @@ _snapshot = QueueSnapshot(
 def heard(event_type: str | None, run: dict) -> None:
     """A TrainingRun event, as the watch delivered it: the queue knows of the run from now on."""
     _snapshot.heard(run, deleted=event_type == "DELETED")
+    meta = run["metadata"]
+    heard_at[(meta["namespace"], meta["name"])] = time.monotonic()
+
+
+def known_runs() -> list[dict]:
+    """Every run the watch delivered (or the last listing held) in the namespaces this operator manages."""
+    return [run for run in _snapshot.held() if kube.manages(run["metadata"]["namespace"])]
 
 
 def forget_except(present: Iterable[Key]) -> None:
@@ -73,7 +81,7 @@ def forget_except(present: Iterable[Key]) -> None:
     for key in [k for k in _run_locks if k not in keep]:
         if not _run_locks[key].locked():
             del _run_locks[key]
-    for bookkeeping in (last_reconciled, handled_generation):
+    for bookkeeping in (last_reconciled, handled_generation, heard_at):
         for key in [k for k in bookkeeping if k not in keep]:
             del bookkeeping[key]
 
@@ -142,13 +150,13 @@ def queue_moves() -> list[Key]:
     """
     with _admission_lock:
         decision = _plan(None)
-        runs = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in _snapshot.runs()}
     moves = [key for key in decision.admitted if kube.manages(key[0])]
     for key, position in decision.positions.items():
-        status = (runs[key].get("status") or {}) if key in runs else {}
-        shown = status.get("queuePosition")
         if not kube.manages(key[0]):
             continue
+        run = _snapshot.run(key)
+        status = (run.get("status") or {}) if run is not None else {}
+        shown = status.get("queuePosition")
         if status.get("phase") != Phase.QUEUED or shown_position(position, shown) != shown:
             moves.append(key)
     return moves
@@ -196,7 +204,7 @@ def _reconcile_locked(namespace: str, name: str, config: OperatorConfig) -> Deci
             _record(run, decision)
     handled_generation[(namespace, name)] = run["metadata"].get("generation", 0)
     if decision.frees_gpus:
-        threading.Thread(target=wake_queue, args=(config,), name="wake-queue", daemon=True).start()
+        _waker.wake(config)
     return decision
 
 
@@ -248,15 +256,47 @@ def _record(run: dict, decision: Decision) -> None:
 
 def _refused(run: dict, kind: str, error: ApiException) -> None:
     """A child the API server will never accept as built: a condition and one Event, no hot retries."""
-    try:
-        api_message = json.loads(error.body or "{}").get("message") or str(error.reason)
-    except ValueError:
-        api_message = str(error.reason)
     meta = run["metadata"]
-    decision = child_rejected(meta, run.get("status") or {}, kind, api_message, now())
+    decision = child_rejected(meta, run.get("status") or {}, kind, kube.api_message(error), now())
     _write_status(meta["namespace"], meta["name"], decision.status)
     metrics.CHILD_REJECTIONS.labels("TrainingRun", kind).inc()
     _record(run, decision)
+
+
+class _Waker:
+    """One thread that wakes the queue, however many runs free GPUs meanwhile.
+
+    A wake asked for while one is under way is done once more after it (it
+    may have planned before those GPUs were free); many asked for at once
+    are done as one.
+    """
+
+    def __init__(self) -> None:
+        self._asked = threading.Event()
+        self._started = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._config: OperatorConfig | None = None
+
+    def wake(self, config: OperatorConfig) -> None:
+        self._config = config
+        self._asked.set()
+        with self._started:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="wake-queue", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._asked.wait()
+            self._asked.clear()
+            try:
+                if self._config is not None:
+                    wake_queue(self._config)
+            except Exception:  # the resync plans the queue again; this thread must live on
+                log.exception("waking the GPU queue failed")
+
+
+_waker = _Waker()
 
 
 def wake_queue(config: OperatorConfig) -> None:

@@ -1,10 +1,15 @@
-"""What the GPU queue decides on, listed at most once a second however many runs ask.
+"""What the GPU queue decides on, listed rarely however many runs ask.
 
 Admission needs every run, the nodes and other workloads' GPU pods. Listing
 them on every admission made a burst of N runs cost N cluster-wide lists
-each (quadratic in N). The queue reads one :class:`QueueSnapshot` instead:
-listed again when older than :data:`MAX_AGE_SECONDS`, and kept current in
-between by what the operator hears and does: every TrainingRun event as the
+each (quadratic in N). The queue reads one :class:`QueueSnapshot` instead.
+Nodes and foreign pods are listed again when older than
+:data:`MAX_AGE_SECONDS` (the operator hears no events of theirs). Runs are
+kept current by the watch and listed again only every
+:data:`RUNS_MAX_AGE_SECONDS`, a safety net for a missed event: a listing of
+a thousand runs takes longer than a second on a busy API server, and would
+otherwise be redone by nearly every admission. Between listings the runs
+follow what the operator hears and does: every TrainingRun event as the
 watch delivers it (:meth:`QueueSnapshot.heard`, so runs join the line in the
 order the API server reports them, before any of them is reconciled), and
 the admissions' own reads and status writes (:meth:`QueueSnapshot.saw`, so a
@@ -27,8 +32,10 @@ from typing import Any
 
 from azaion_contract.models.trainingrun import TrainingRunSpec
 
-#: How stale the listing under the runs, nodes and pods may be (seconds).
+#: How stale the listing of nodes and foreign GPU pods may be (seconds).
 MAX_AGE_SECONDS = 1.0
+#: How stale the listing under the runs may be; watch events keep them current meanwhile.
+RUNS_MAX_AGE_SECONDS = 60.0
 
 Key = tuple[str, str]
 Lister = Callable[[], list[dict[str, Any]]]
@@ -40,6 +47,7 @@ class QueueSnapshot:
     list_nodes: Lister
     list_foreign_pods: Lister
     max_age: float = MAX_AGE_SECONDS
+    runs_max_age: float = RUNS_MAX_AGE_SECONDS
     clock: Callable[[], float] = time.monotonic
     _runs: dict[Key, dict[str, Any]] = field(default_factory=dict)
     #: What was heard since the listing under way began: (the run, whether it was deleted).
@@ -48,20 +56,25 @@ class QueueSnapshot:
     _nodes: list[dict[str, Any]] = field(default_factory=list)
     _pods: list[dict[str, Any]] = field(default_factory=list)
     _taken: float | None = None
+    _runs_taken: float | None = None
     _specs: dict[tuple[str, int], TrainingRunSpec | None] = field(default_factory=dict)
 
     def _fresh(self) -> None:
-        if self._taken is not None and self.clock() - self._taken < self.max_age:
-            return
+        if self._runs_taken is None or self.clock() - self._runs_taken >= self.runs_max_age:
+            self._list_runs()
+        if self._taken is None or self.clock() - self._taken >= self.max_age:
+            self._nodes, self._pods = self.list_nodes(), self.list_foreign_pods()
+            self._taken = self.clock()
+
+    def _list_runs(self) -> None:
         with self._lock:
             self._heard = []
         listed = {_key(run): run for run in self.list_runs()}
-        nodes, pods = self.list_nodes(), self.list_foreign_pods()
         with self._lock:
             for run, deleted in self._heard:  # heard while the listing was under way
                 _merge(listed, run, deleted)
             self._runs, self._heard = listed, []
-        self._nodes, self._pods, self._taken = nodes, pods, self.clock()
+        self._runs_taken = self.clock()
         live = {(r["metadata"].get("uid", ""), r["metadata"].get("generation", 0)) for r in listed.values()}
         for stale in [k for k in self._specs if k not in live]:
             del self._specs[stale]
@@ -70,6 +83,16 @@ class QueueSnapshot:
         self._fresh()
         with self._lock:
             return list(self._runs.values())
+
+    def held(self) -> list[dict[str, Any]]:
+        """Every run as last heard or listed (no listing of its own)."""
+        with self._lock:
+            return list(self._runs.values())
+
+    def run(self, key: Key) -> dict[str, Any] | None:
+        """One run as last heard or listed (no listing of its own)."""
+        with self._lock:
+            return self._runs.get(key)
 
     def nodes(self) -> list[dict[str, Any]]:
         self._fresh()
