@@ -39,6 +39,15 @@ def test_take_keeps_stream_order_and_signals_room() -> None:
     assert inbox.take(3) == []
 
 
+def test_a_batch_is_bounded_by_bytes_too_but_never_empty() -> None:
+    inbox = Inbox(max_messages=100, max_bytes=10_000)
+    for offset in range(5):
+        inbox.put(_delivery(offset, size=300))
+    assert [d.offset for d in inbox.take(100, max_bytes=700)] == [0, 1]
+    assert [d.offset for d in inbox.take(100, max_bytes=100)] == [2]  # one larger than the bound still goes
+    assert inbox.bytes == 600
+
+
 def test_clear_drops_everything_and_wakes_a_waiting_producer() -> None:
     async def scenario() -> list[str]:
         inbox = Inbox(max_messages=1, max_bytes=10_000)

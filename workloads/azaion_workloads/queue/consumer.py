@@ -77,6 +77,11 @@ HEARTBEAT_SECONDS = 20
 CREDENTIAL_FAILURES_TO_EXIT = 3
 #: Deliveries applied per worker-thread call at most (a stop waits for one message, not a batch).
 APPLY_BATCH = 500
+#: Chunks the broker may send ahead. rstream queues every chunk it receives
+#: and grants a new credit as it starts on one, so what waits in memory is
+#: about this many chunks (a producer's batch each: 200 messages of 500 KiB
+#: are 100 MB) on top of the inbox; the inbox's bound holds the rest back.
+SUBSCRIPTION_CREDIT = 2
 _CREDENTIAL_ERRORS = (
     AuthenticationFailure,
     SASLAuthenticationFailureLoopback,
@@ -272,7 +277,7 @@ class StreamConsumer:
                         callback,
                         offset_specification=spec,
                         subscriber_name=self.settings.consumer_name,
-                        initial_credit=10,
+                        initial_credit=SUBSCRIPTION_CREDIT,
                     ),
                     CONNECT_TIMEOUT,
                 )
@@ -497,9 +502,11 @@ class StreamConsumer:
             raise BarrierFailed(f"storing the offset before a deletion or revival failed: {error}") from error
 
     async def _commit_timer(self) -> None:
+        """Store the offset of a quiet stream's last messages when the commit interval is up."""
         period = min(0.25, self.commits.interval / 2)
         while True:
-            await asyncio.sleep(period)
+            until_due = self.commits.seconds_until_due()
+            await asyncio.sleep(period if until_due is None else min(period, until_due))
             if self.commits.due():
                 async with self._lock:
                     if self.commits.due():

@@ -13,8 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 
 #: Bounds of what waits for the applier: whichever is reached first.
-MAX_MESSAGES = 2000
-MAX_BYTES = 64 * 2**20
+MAX_MESSAGES = 1000
+MAX_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +48,15 @@ class Inbox:
         self._bytes += len(delivery.raw)
         self.delivered.set()
 
-    def take(self, limit: int) -> list[Delivery]:
-        """Up to ``limit`` deliveries, oldest first."""
-        batch = [self._items.popleft() for _ in range(min(limit, len(self._items)))]
-        self._bytes -= sum(len(delivery.raw) for delivery in batch)
+    def take(self, limit: int, max_bytes: int = MAX_BYTES) -> list[Delivery]:
+        """Up to ``limit`` deliveries and about ``max_bytes`` (always at least one), oldest first."""
+        batch: list[Delivery] = []
+        size = 0
+        while self._items and len(batch) < limit and (not batch or size + len(self._items[0].raw) <= max_bytes):
+            delivery = self._items.popleft()
+            batch.append(delivery)
+            size += len(delivery.raw)
+        self._bytes -= size
         if not self._items:
             self.delivered.clear()
         if not self.full():

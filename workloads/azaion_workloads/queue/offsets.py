@@ -97,6 +97,15 @@ class CommitPolicy:
         now = time.monotonic() if now is None else now
         return self._first_pending_at is not None and now - self._first_pending_at >= self.interval
 
+    def seconds_until_due(self, now: float | None = None) -> float | None:
+        """How long until :meth:`due` turns true by time alone; None with nothing pending."""
+        if self.pending == 0 or self._first_pending_at is None:
+            return None
+        if self.pending >= self.every:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        return max(0.0, self._first_pending_at + self.interval - now)
+
     def reset(self) -> None:
         self.pending = 0
         self._first_pending_at = None

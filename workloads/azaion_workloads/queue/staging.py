@@ -35,6 +35,21 @@ from azaion_workloads.queue.durability import PendingDirectories, sync_filesyste
 FSYNC_WORKERS = 8
 
 
+def _process_umask() -> int | None:
+    """This process's umask, read without changing it (Linux); None when unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+_UMASK = _process_umask()
+
+
 def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -103,6 +118,8 @@ class StagedTree:
     _temporary: list[str] = field(default_factory=list)
     #: A directory on each filesystem the batch's temporary files are on, by device.
     _devices: dict[int, str] = field(default_factory=dict)
+    #: The device of each directory written to so far (one fstat per directory, not per file).
+    _device_of: dict[str, int] = field(default_factory=dict)
     _pool: ThreadPoolExecutor | None = None
     #: With listings, what is on disk is looked up in them instead of stat'ed (see :class:`Listings`).
     listings: Listings | None = None
@@ -143,8 +160,12 @@ class StagedTree:
             with memoryview(data) as view:
                 while written < len(view):
                     written += os.write(fd, view[written:])
-            os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
-            self._devices.setdefault(os.fstat(fd).st_dev, directory)
+            if _UMASK is None or mode & _UMASK:
+                os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
+            device = self._device_of.get(directory)
+            if device is None:
+                device = self._device_of[directory] = os.fstat(fd).st_dev
+            self._devices.setdefault(device, directory)
         except BaseException:
             os.unlink(temporary)
             raise

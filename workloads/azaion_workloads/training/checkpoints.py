@@ -87,6 +87,22 @@ def mid_epoch_position(checkpoint: dict[str, Any]) -> Position | None:
     return Position(int(state["epoch"]), int(state["done"]))
 
 
+def held_position(checkpoint: dict[str, Any]) -> Position:
+    """Where a loaded checkpoint stands, from its content (not its name)."""
+    return mid_epoch_position(checkpoint) or Position(int(checkpoint["epoch"]) + 1)
+
+
+def name_position(name: str) -> Position | None:
+    """The position a verified copy's file name gives (``epoch-NNNN[-batch-BBBBBB].pt``); None for other names."""
+    match = _COPY_NAME.match(name)
+    if match:
+        return Position(int(match.group(1)))
+    match = _MID_NAME.match(name)
+    if match:
+        return Position(int(match.group(1)), int(match.group(2)))
+    return None
+
+
 class CheckpointStore:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
@@ -99,6 +115,10 @@ class CheckpointStore:
 
     def mid_epoch_path(self, position: Position) -> Path:
         return self.directory / f"epoch-{position.epochs:04d}-batch-{position.batches:06d}.pt"
+
+    def path_at(self, position: Position) -> Path:
+        """Where the verified copy of ``position`` goes: end-of-epoch (batch 0) or mid-epoch."""
+        return self.mid_epoch_path(position) if position.batches else self.copy_path(position.epochs)
 
     def keep_verified(self, source: Path, expected_epoch: int) -> Checkpoint:
         """Load the freshly written ``source`` and keep an atomic copy of it."""
@@ -169,7 +189,7 @@ class CheckpointStore:
             if checkpoint is None:
                 log.warning("checkpoint %s does not load (%s); falling back to an older one", path, detail)
                 continue
-            held = mid_epoch_position(checkpoint) or Position(int(checkpoint["epoch"]) + 1)
+            held = held_position(checkpoint)
             if held != position:
                 log.warning("checkpoint %s holds %s, not %s; skipped", path, held, position)
                 continue

@@ -113,6 +113,8 @@ class TrainingSettings(BaseModel):
     s3_bucket: str | None = None
     s3_prefix: str = "models"
     s3_region: str = "us-east-1"
+    #: Mirror every verified checkpoint to S3 (encrypted) and restore from there (see :mod:`.mirror`).
+    mirror_checkpoints: bool = False
     promote: bool = False
 
     api_url: str | None = None
@@ -206,6 +208,8 @@ class TrainingSettings(BaseModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainingSettings:
+        if self.mirror_checkpoints and not self.s3_bucket:
+            raise ValueError("S3_MIRROR_CHECKPOINTS needs S3_BUCKET (the checkpoints are mirrored to that bucket)")
         if self.api_url:
             missing = [
                 name
@@ -290,6 +294,7 @@ _PARSERS: dict[str, Any] = {
     "s3_bucket": str.strip,
     "s3_prefix": str.strip,
     "s3_region": str.strip,
+    "mirror_checkpoints": _bool,
     "promote": _bool,
 }
 _ENV_FIELDS: dict[str, tuple[str, Any]] = {

@@ -41,6 +41,7 @@ from azaion_workloads.training.train import TrainingResult, train
 
 if TYPE_CHECKING:  # numpy (export) and boto3 (publish) are imported only when those steps run
     from azaion_workloads.training.export import ExportResult
+    from azaion_workloads.training.mirror import CheckpointMirror
     from azaion_workloads.training.parity import ParityCheck
     from azaion_workloads.training.publish import Publisher
 
@@ -298,7 +299,27 @@ class Pipeline:
         )
 
     def train(self, data_yaml: Path) -> TrainingResult:
-        return train(self.settings, data_yaml, self.progress)
+        return train(self.settings, data_yaml, self.progress, self.checkpoint_mirror())
+
+    def checkpoint_mirror(self) -> CheckpointMirror | None:
+        """The S3 mirror of the run's checkpoints (``S3_MIRROR_CHECKPOINTS``), sealed with the model key."""
+        settings = self.settings
+        if not settings.mirror_checkpoints:
+            return None
+        from azaion_workloads.training.mirror import CheckpointMirror
+
+        key = load_key(settings)
+        assert key is not None  # mirroring needs S3_BUCKET, and publishing needs the key
+        publisher = self.publisher
+        return CheckpointMirror(
+            publisher.client,
+            publisher.target.bucket,
+            publisher.target.prefix,
+            settings.resource_namespace,
+            settings.resource_name,
+            *key,
+            on_status=self.progress.mirror,
+        )
 
     def export(self, trained: TrainingResult) -> ExportResult:
         from azaion_workloads.training.export import export

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from types import FrameType
 from typing import Any, Literal
 
-from azaion_contract.models.trainingrun import Artifacts, Checkpoint, TrainingRunStatus
+from azaion_contract.models.trainingrun import Artifacts, Checkpoint, CheckpointMirror, TrainingRunStatus
 from azaion_contract.models.trainingrun import Progress as ProgressStatus
 from azaion_contract.timefmt import rfc3339
 from azaion_workloads.heartbeat import Heartbeat
@@ -53,6 +54,8 @@ class Progress:
         self.stop = stop
         #: Progress fields by Python name; every report sends all of them.
         self.progress: dict[str, Any] = {}
+        #: Reports come from the training thread and the checkpoint mirror's upload thread.
+        self._reporting = threading.Lock()
 
     def beat(self) -> None:
         self.heartbeat.beat()
@@ -62,10 +65,16 @@ class Progress:
         self.heartbeat.beat()
         self.stop.check(where)
 
-    def report(self, status: TrainingRunStatus) -> None:
-        """Merge the fields set on ``status`` (and only those) into the resource's status."""
-        self.heartbeat.beat(force=True)
-        self.reporter.report(patch(status))
+    def report(self, status: TrainingRunStatus, *, beat: bool = True) -> None:
+        """Merge the fields set on ``status`` (and only those) into the resource's status.
+
+        ``beat=False`` for reports from a helper thread: only the work loop beats
+        the heartbeat, so a hung loop still lets the liveness probe fail.
+        """
+        with self._reporting:
+            if beat:
+                self.heartbeat.beat(force=True)
+            self.reporter.report(patch(status))
 
     def step(self, step: Step, **extra: Any) -> None:
         """Report the current step; ``extra`` are further :class:`ProgressStatus` fields."""
@@ -77,6 +86,10 @@ class Progress:
     def checkpoint(self, **fields: Any) -> None:
         """Report the newest verified checkpoint (:class:`Checkpoint` fields)."""
         self.report(build(TrainingRunStatus, last_checkpoint=build(Checkpoint, **fields)))
+
+    def mirror(self, **fields: Any) -> None:
+        """Report the checkpoint mirror's state (:class:`CheckpointMirror` fields), from its upload thread."""
+        self.report(build(TrainingRunStatus, checkpoint_mirror=build(CheckpointMirror, **fields)), beat=False)
 
     def artifacts(self, **fields: Any) -> Artifacts:
         """Report produced artifacts (:class:`Artifacts` fields); returns what was sent."""
@@ -93,8 +106,6 @@ class keepalive:
     """
 
     def __init__(self, progress: Progress, limit: float) -> None:
-        import threading
-
         self.progress, self.limit = progress, limit
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -10,6 +10,11 @@ goes straight to export).
 Mid-epoch checkpoints (:mod:`.resumable`) are written at SIGTERM and every
 ``checkpoint_interval_minutes`` of training, at the first batch boundary
 right after an optimizer step.
+
+With ``S3_MIRROR_CHECKPOINTS`` every kept checkpoint is also uploaded,
+encrypted, in the background (:mod:`.mirror`), the last one waited for when
+training ends or stops; on start a mirrored checkpoint newer than any local
+one is restored first, so the run resumes on a node without the old volume.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azaion_contract.models.trainingrun import Artifacts, Metrics, ResumePoint
 from azaion_contract.timefmt import rfc3339
@@ -30,6 +35,9 @@ from azaion_workloads.training.checkpoints import Checkpoint, CheckpointStore, P
 from azaion_workloads.training.config import TrainingSettings
 from azaion_workloads.training.errors import Interrupted, PermanentError
 from azaion_workloads.training.progress import Progress, keepalive
+
+if TYPE_CHECKING:
+    from azaion_workloads.training.mirror import CheckpointMirror
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +88,21 @@ class _Callbacks:
     """ultralytics callbacks: heartbeat, stop at safe points, progress, verified copies."""
 
     def __init__(
-        self, settings: TrainingSettings, progress: Progress, store: CheckpointStore, resume: Checkpoint | None
+        self,
+        settings: TrainingSettings,
+        progress: Progress,
+        store: CheckpointStore,
+        resume: Checkpoint | None,
+        mirror: CheckpointMirror | None = None,
+        resume_source: str | None = None,
     ):
         self.settings = settings
         self.progress = progress
         self.store = store
         self.resume = resume
+        self.mirror = mirror
+        #: The S3 URI the resume checkpoint was restored from (None: it was on the data volume).
+        self.resume_source = resume_source
         self.started = time.monotonic()
         self.last_saved = time.monotonic()
         self.first_epoch: int | None = None
@@ -106,7 +123,7 @@ class _Callbacks:
     def on_train_start(self, trainer: Any) -> None:
         self.started = self.last_saved = time.monotonic()  # the ETA counts epochs, not model and data set-up
         self.end_setup()  # batches beat from now on
-        _report_resume(self.progress, trainer, self.resume, self.reached)
+        _report_resume(self.progress, trainer, self.resume, self.reached, self.resume_source)
 
     def end_setup(self) -> None:
         if self.setup is not None:
@@ -150,6 +167,8 @@ class _Callbacks:
             sha256=checkpoint.sha256,
             saved_at=rfc3339(),
         )
+        if self.mirror is not None:
+            self.mirror.submit(checkpoint)  # uploaded in the background; training does not wait
 
     def on_val_batch_end(self, _validator: Any) -> None:
         self.progress.beat()
@@ -220,8 +239,15 @@ def _float(source: dict[str, Any], key: str) -> float | None:
         return None
 
 
-def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> TrainingResult:
-    """Train (or resume, or skip when finished) and return the best model."""
+def train(
+    settings: TrainingSettings, data_yaml: Path, progress: Progress, mirror: CheckpointMirror | None = None
+) -> TrainingResult:
+    """Train (or resume, or skip when finished) and return the best model.
+
+    With ``mirror`` every kept checkpoint is also uploaded to S3, and a mirrored
+    checkpoint newer than the newest local one (or any, when there is no local
+    one: another node) is restored and resumed from.
+    """
     run_dir = settings.run_dir
     done_file = run_dir / DONE_FILE
     store = CheckpointStore(run_dir)
@@ -248,6 +274,11 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
         leftover.unlink(missing_ok=True)  # a checkpoint copy cut short by a kill
 
     resume = store.newest_loadable()
+    resume_source: str | None = None
+    if mirror is not None:
+        restored = mirror.restore(store, resume.position if resume else None, progress.beat)
+        if restored is not None:
+            resume, resume_source = restored.checkpoint, restored.uri
     done_epochs = resume.epochs_done if resume else 0
     progress.step(
         "training",
@@ -264,16 +295,17 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
         return _record(done_file, store.best, None, {})
     from azaion_workloads.training.resumable import ResumableTrainer
 
-    callbacks = _Callbacks(settings, progress, store, resume)
+    callbacks = _Callbacks(settings, progress, store, resume, mirror, resume_source)
     try:
         if resume is not None:
             dropped = truncate_results(run_dir / "results.csv", resume.epochs_done)
             log.info(
-                "resuming at epoch %d of %d%s from %s%s",
+                "resuming at epoch %d of %d%s from %s%s%s",
                 resume.epochs_done + 1,
                 settings.epochs,
                 f", batch {resume.batch}" if resume.batch else "",
                 resume.path.relative_to(run_dir),
+                f" (restored from {resume_source})" if resume_source else "",
                 f" (dropped {dropped} results row(s) of epochs trained after it)" if dropped else "",
             )
             model = YOLO(str(resume.path))
@@ -300,6 +332,10 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
             )
     finally:
         callbacks.end_setup()
+        if mirror is not None:
+            # The last checkpoint (a SIGTERM's mid-epoch one above all) is the one another node resumes from.
+            mirror.drain(beat=progress.beat)
+            mirror.close()
     if progress.stop.requested:
         raise Interrupted("stopped after training")
     if not store.best.exists():
@@ -315,8 +351,11 @@ def train(settings: TrainingSettings, data_yaml: Path, progress: Progress) -> Tr
     )
 
 
-def _report_resume(progress: Progress, trainer: Any, resume: Checkpoint | None, reached: Position | None) -> None:
-    """Say in status where this attempt starts, and how much of the last attempt's work it redoes."""
+def _report_resume(
+    progress: Progress, trainer: Any, resume: Checkpoint | None, reached: Position | None, source: str | None = None
+) -> None:
+    """Say in status where this attempt starts, how much of the last attempt's work it redoes, and
+    (``source``) the S3 URI of the mirrored checkpoint it was restored from."""
     if resume is None:
         start = Position(0)
     elif getattr(trainer, "resumed_from", None) is not None:
@@ -331,6 +370,8 @@ def _report_resume(progress: Progress, trainer: Any, resume: Checkpoint | None, 
         fields["redone_batches"] = redone
     if os.environ.get("POD_NAME"):
         fields["pod"] = os.environ["POD_NAME"]
+    if source is not None and resume is not None:
+        fields["source"] = source
     progress.step("training", resumed_from=build(ResumePoint, **fields))
 
 
