@@ -29,12 +29,27 @@ class AuditLog:
     def available(self) -> bool:
         return self.path.is_file()
 
-    def mark(self) -> int:
-        """Where the log ends now: count from here."""
-        return self.path.stat().st_size if self.path.exists() else 0
+    def mark(self) -> tuple[int, int]:
+        """Where the log ends now (its file and size): count from here."""
+        if not self.path.exists():
+            return 0, 0
+        info = self.path.stat()
+        return info.st_ino, info.st_size
+
+    def _since(self, mark: tuple[int, int]) -> list[tuple[Path, int]]:
+        """The files and offsets to read after ``mark``: the API server rotates its log
+        (``--audit-log-maxsize``), so a long benchmark's calls may start in a backup."""
+        inode, offset = mark
+        if not self.path.exists():
+            return []
+        if self.path.stat().st_ino == inode:
+            return [(self.path, offset)]
+        backups = self.path.parent.glob(f"{self.path.stem}-*{self.path.suffix}")
+        rotated = [backup for backup in backups if backup.stat().st_ino == inode]
+        return [*((p, offset) for p in rotated), (self.path, 0)]
 
     def calls_since(
-        self, mark: int, namespaces: set[str] | None = None, agents: tuple[str, ...] = OPERATOR_AGENTS
+        self, mark: tuple[int, int], namespaces: set[str] | None = None, agents: tuple[str, ...] = OPERATOR_AGENTS
     ) -> Counter[str]:
         """Completed requests from ``agents`` after ``mark``, by ``verb resource[/subresource]``:
         those in ``namespaces`` (when given) and the cluster-wide ones.
@@ -42,8 +57,16 @@ class AuditLog:
         A watch counts once, when it starts (its completion comes much later, or never).
         """
         calls: Counter[str] = Counter()
-        with self.path.open("rb") as log:
-            log.seek(mark)
+        for path, offset in self._since(mark):
+            self._count(path, offset, namespaces, agents, calls)
+        return calls
+
+    @staticmethod
+    def _count(
+        path: Path, offset: int, namespaces: set[str] | None, agents: tuple[str, ...], calls: Counter[str]
+    ) -> None:
+        with path.open("rb") as log:
+            log.seek(offset)
             for line in log:
                 try:
                     event = json.loads(line)
@@ -61,4 +84,3 @@ class AuditLog:
                 if ref.get("subresource"):
                     resource += f"/{ref['subresource']}"
                 calls[f"{event['verb']} {resource}"] += 1
-        return calls

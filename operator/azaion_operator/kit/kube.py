@@ -117,6 +117,20 @@ def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any])
     )
 
 
+def patch_status_unless_changed(
+    plural: str, namespace: str, name: str, resource_version: str, status: dict[str, Any]
+) -> dict[str, Any] | None:
+    """:func:`patch_status`, applied only if the resource is still at ``resource_version``;
+    None when it changed meanwhile (409 Conflict) or is gone."""
+    body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+    try:
+        return custom().patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, plural, name, body)
+    except ApiException as error:
+        if error.status in (404, 409):
+            return None
+        raise
+
+
 def create(obj: dict[str, Any]) -> bool:
     """Create ``obj``; False when it already exists (a replayed decision)."""
     try:

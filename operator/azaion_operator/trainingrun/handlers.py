@@ -16,7 +16,6 @@ from azaion_contract.models.trainingrun import PLURAL, Phase, TrainingRunSpec
 from azaion_contract.timefmt import now, parse_rfc3339_or_none
 from azaion_operator import metrics, resync
 from azaion_operator.config import OperatorConfig
-from azaion_operator.kit import kube
 from azaion_operator.trainingrun import reconcile as controller
 from azaion_operator.trainingrun.lifecycle import TERMINAL, ttl_expired
 from azaion_operator.trainingrun.outcomes import is_disrupted
@@ -117,7 +116,9 @@ def _due(run: dict[str, Any], monotonic_now: float) -> bool:
 def resync_once(config: OperatorConfig) -> None:
     """Level-triggered safety net: queue admission, retry backoff, TTL, missed events."""
     monotonic_now = time.monotonic()
-    runs = kube.list_managed(PLURAL)
+    # The watch keeps these current (and a listing once a minute catches a missed event):
+    # listing every run on every resync would be the largest call the operator makes.
+    runs = controller.current_runs()
     phases = Counter((r.get("status") or {}).get("phase") or Phase.PENDING.value for r in runs)
     for phase in Phase:
         metrics.RUNS_BY_PHASE.labels(phase.value).set(phases.get(phase.value, 0))
@@ -128,8 +129,10 @@ def resync_once(config: OperatorConfig) -> None:
         if not run["metadata"].get("deletionTimestamp") and _due(run, monotonic_now)
     ]
     # The queued runs: one plan of the whole queue says which start and whose place changed.
-    for namespace, name in dict.fromkeys([*due, *controller.queue_moves()]):
+    moves = controller.queue_moves()
+    for namespace, name in dict.fromkeys([*due, *moves.reconcile]):
         try:
             controller.reconcile(namespace, name, config)
         except Exception:
             log.exception("periodic reconcile of %s failed", name)
+    controller.show_places({key: place for key, place in moves.places.items() if key not in due})

@@ -8,7 +8,8 @@ served) and never fragments the GPUs of a single box.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from azaion_contract.models.trainingrun import Phase, TrainingRunSpec
@@ -23,6 +24,26 @@ class Waiting:
     priority: int
     created: str  # RFC 3339; sorts chronologically
     gpus: int
+    #: Where it stands in line: priority first, then arrival (a tie broken by name).
+    rank: tuple[int, str, Key] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rank", (-self.priority, self.created, self.key))
+
+
+@dataclass(frozen=True)
+class Place:
+    """What one run is to the GPU queue: in line (``entry``), holding GPUs (``holds``), or neither.
+
+    A run that holds GPUs keeps its ``entry`` too: when it asks for admission
+    again (its Job was lost), it waits in line instead of counting against itself.
+    """
+
+    entry: Waiting | None = None
+    holds: int = 0
+
+
+NOWHERE = Place()
 
 
 @dataclass(frozen=True)
@@ -37,7 +58,7 @@ def plan(waiting: Iterable[Waiting], free_gpus: int) -> Plan:
     Strict order (no backfill) means a large run is never starved by a stream
     of small ones; the price is an idle GPU while the head waits for two.
     """
-    line = sorted(waiting, key=lambda w: (-w.priority, w.created, w.key))
+    line = sorted(waiting, key=attrgetter("rank"))
     admitted: list[Key] = []
     positions: dict[Key, int] = {}
     blocked = False
@@ -58,33 +79,43 @@ def parse_spec(run: dict[str, Any]) -> TrainingRunSpec | None:
         return None
 
 
+def place_of(run: dict[str, Any], spec: TrainingRunSpec | None) -> Place:
+    """Where ``run`` (with its parsed ``spec``; None when it does not validate) stands.
+
+    A run with an attempt under way (or between attempts, in retry backoff)
+    holds its GPUs. Suspended and finished runs neither wait nor hold; CPU
+    runs never enter the queue; neither does a run whose spec does not
+    validate, nor one that Kueue admits.
+    """
+    meta, status = run["metadata"], run.get("status") or {}
+    if meta.get("deletionTimestamp") or spec is None or spec.resources.gpus == 0:
+        return NOWHERE
+    if status.get("phase") in _FINISHED:
+        return NOWHERE
+    gpus = spec.resources.gpus
+    entry = None
+    if not spec.suspend and not spec.queue_name:
+        entry = Waiting((meta["namespace"], meta["name"]), spec.priority, meta["creationTimestamp"], gpus)
+    active = status.get("phase") in (Phase.PENDING, Phase.RUNNING) and status.get("jobName")
+    return Place(entry, gpus if active else 0)
+
+
 def line_up(
     runs: Iterable[dict[str, Any]],
     asking: Key | None,
     spec_of: Callable[[dict[str, Any]], TrainingRunSpec | None] = parse_spec,
 ) -> tuple[list[Waiting], int]:
-    """The GPU runs waiting for admission, and the GPUs the others hold.
-
-    A run with an attempt under way (or between attempts, in retry backoff)
-    keeps its GPUs; the run asking now does not count against itself. Suspended
-    and finished runs neither wait nor hold; CPU runs never enter the queue;
-    neither does a run whose spec does not validate (``spec_of`` gives None).
-    """
+    """The GPU runs waiting for admission, and the GPUs the others hold (see :func:`place_of`);
+    the run asking now does not count against itself."""
     waiting: list[Waiting] = []
     reserved = 0
     for run in runs:
-        meta, status = run["metadata"], run.get("status") or {}
-        if meta.get("deletionTimestamp"):
-            continue
-        spec = spec_of(run)
-        if spec is None or spec.resources.gpus == 0 or status.get("phase") in _FINISHED:
-            continue
-        key = (meta["namespace"], meta["name"])
-        active = status.get("phase") in (Phase.PENDING, Phase.RUNNING) and status.get("jobName")
-        if active and key != asking:
-            reserved += spec.resources.gpus
-        elif not spec.suspend and not spec.queue_name:  # Kueue admits those
-            waiting.append(Waiting(key, spec.priority, meta["creationTimestamp"], spec.resources.gpus))
+        place = place_of(run, spec_of(run))
+        key = (run["metadata"]["namespace"], run["metadata"]["name"])
+        if place.holds and key != asking:
+            reserved += place.holds
+        elif place.entry is not None:
+            waiting.append(place.entry)
     return waiting, reserved
 
 

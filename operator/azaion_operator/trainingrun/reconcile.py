@@ -13,11 +13,12 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from kubernetes.client.exceptions import ApiException
 
 from azaion_contract import LABEL_TRAININGRUN
-from azaion_contract.models.trainingrun import PLURAL, Phase, TrainingRunSpec, TrainingRunStatus
+from azaion_contract.models.trainingrun import PLURAL, TrainingRunSpec, TrainingRunStatus
 from azaion_contract.timefmt import now
 from azaion_operator import metrics
 from azaion_operator.config import OperatorConfig
@@ -34,9 +35,11 @@ from azaion_operator.trainingrun.lifecycle import (
     count_disruption,
     decide,
     needs_admission,
+    requeued,
     shown_position,
+    simply_waiting,
 )
-from azaion_operator.trainingrun.queue import Plan, free_gpus, line_up, plan
+from azaion_operator.trainingrun.queue import Plan, free_gpus, plan
 from azaion_operator.trainingrun.snapshot import QueueSnapshot
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,11 @@ def heard(event_type: str | None, run: dict) -> None:
     _snapshot.heard(run, deleted=event_type == "DELETED")
     meta = run["metadata"]
     heard_at[(meta["namespace"], meta["name"])] = time.monotonic()
+
+
+def current_runs() -> list[dict]:
+    """The runs this operator manages, as the watch keeps them (listed again when a minute old)."""
+    return [run for run in _snapshot.runs() if kube.manages(run["metadata"]["namespace"])]
 
 
 def known_runs() -> list[dict]:
@@ -128,7 +136,7 @@ def record_disruption(namespace: str, run_name: str, pod: str) -> bool:
 
 def _plan(asking: Key | None) -> Plan:
     """The GPU queue now, from all runs and the GPUs other pods hold (under ``_admission_lock``)."""
-    waiting, reserved = line_up(_snapshot.runs(), asking, _snapshot.spec)
+    waiting, reserved = _snapshot.line(asking)
     decision = plan(waiting, free_gpus(_snapshot.nodes(), _snapshot.foreign_pods(), reserved))
     metrics.QUEUE_LENGTH.set(len(decision.positions))
     return decision
@@ -142,24 +150,61 @@ def _admission(run: dict) -> Admission:
     return Admission(admitted=key in decision.admitted, position=decision.positions.get(key))
 
 
-def queue_moves() -> list[Key]:
-    """The queued runs one plan of the whole queue says to look at: those it admits now
-    (first), and those whose shown place in line changes.
+@dataclass(frozen=True)
+class QueueMoves:
+    """What one plan of the whole queue says to do."""
 
-    One plan for the whole queue, instead of one admission per queued run.
-    """
+    #: Runs it admits now (first), and queued runs that are not simply waiting: a reconcile each.
+    reconcile: list[Key]
+    #: Runs simply waiting whose shown place in line changes: one status write each.
+    places: dict[Key, int]
+
+
+def queue_moves() -> QueueMoves:
+    """One plan for the whole queue, instead of one admission per queued run."""
     with _admission_lock:
         decision = _plan(None)
-    moves = [key for key in decision.admitted if kube.manages(key[0])]
+    moves = QueueMoves([key for key in decision.admitted if kube.manages(key[0])], {})
     for key, position in decision.positions.items():
-        if not kube.manages(key[0]):
-            continue
         run = _snapshot.run(key)
-        status = (run.get("status") or {}) if run is not None else {}
-        shown = status.get("queuePosition")
-        if status.get("phase") != Phase.QUEUED or shown_position(position, shown) != shown:
-            moves.append(key)
+        if not kube.manages(key[0]) or run is None:
+            continue
+        status = run.get("status") or {}
+        if not simply_waiting(run["metadata"], status):
+            moves.reconcile.append(key)
+        elif shown_position(position, status.get("queuePosition")) != status.get("queuePosition"):
+            moves.places[key] = position
     return moves
+
+
+def show_places(places: dict[Key, int]) -> None:
+    """Write each waiting run's new place in line: one status write, no read, no admission.
+
+    The write is conditional on the run being as the snapshot holds it; a run
+    that changed meanwhile, or whose reconcile is under way, is left to that
+    (the next plan shows its place).
+    """
+    for key, position in places.items():
+        lock = _run_locks[key]
+        if not lock.acquire(blocking=False):
+            continue
+        try:
+            run = _snapshot.run(key)
+            spec = _snapshot.spec(run) if run is not None else None
+            if run is None or spec is None or not simply_waiting(run["metadata"], run.get("status") or {}):
+                continue
+            patch = requeued(run["metadata"], run.get("status") or {}, spec.resources.gpus, position, now())
+            if patch is None:
+                continue
+            version = run["metadata"].get("resourceVersion", "")
+            checked = TrainingRunStatus.checked(patch)
+            written = kube.patch_status_unless_changed(PLURAL, key[0], key[1], version, checked)
+            if written is not None:
+                _snapshot.heard(written)
+        except Exception:  # the next plan tries again; one run must not stop the others
+            log.exception("showing the place in line of %s failed", key[1])
+        finally:
+            lock.release()
 
 
 def _kueue_view(spec: TrainingRunSpec, config: OperatorConfig, job: dict | None) -> KueueView | None:
@@ -193,11 +238,17 @@ def _reconcile_locked(namespace: str, name: str, config: OperatorConfig) -> Deci
         with _admission_lock:
             admission = _admission(run)
             decision = decide(run["metadata"], spec, status, job, pods, now(), config.training_image, admission)
+            takes_gpus = decision.create_attempt is not None
+            if takes_gpus:  # the next admission must see these GPUs taken
+                carried_out, written = _apply(run, spec, decision, config)
+                if written is not None:
+                    _snapshot.saw(written)
+        if not takes_gpus:  # waiting: its status write need not hold up the next admission
             carried_out, written = _apply(run, spec, decision, config)
             if written is not None:
-                _snapshot.saw(written)
+                _snapshot.heard(written)
         if carried_out:
-            _record(run, decision)  # Events and metrics need not hold up the next admission
+            _record(run, decision)  # Events and metrics need not hold up the next admission either
     else:
         decision = decide(run["metadata"], spec, status, job, pods, now(), config.training_image, kueue=view)
         if _apply(run, spec, decision, config)[0]:
@@ -299,11 +350,22 @@ class _Waker:
 _waker = _Waker()
 
 
+#: A freed GPU rewrites the places in line at most this often (seconds); the resync does it too.
+PLACES_EVERY_SECONDS = 2.0
+_places_shown_at = 0.0
+
+
 def wake_queue(config: OperatorConfig) -> None:
-    """A run let go of GPUs: start the runs that now fit, and show the others their new
-    places, instead of waiting for the next resync."""
-    for namespace, name in queue_moves():
+    """A run let go of GPUs: start the runs that now fit at once, and show the others their
+    new places now and then (every run that starts moves the whole line up: rewriting
+    the head of the line on each would be most of the operator's writes in a busy queue)."""
+    global _places_shown_at
+    moves = queue_moves()
+    for namespace, name in moves.reconcile:
         try:
             reconcile(namespace, name, config)
         except Exception:  # the resync retries; one bad run must not block the rest
             log.exception("reconcile of queued run %s failed", name)
+    if time.monotonic() - _places_shown_at >= PLACES_EVERY_SECONDS:
+        _places_shown_at = time.monotonic()
+        show_places(moves.places)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from azaion_contract.models.trainingrun import TrainingRunSpec
+from azaion_operator.trainingrun.queue import NOWHERE, Place, Waiting, place_of
 
 #: How stale the listing of nodes and foreign GPU pods may be (seconds).
 MAX_AGE_SECONDS = 1.0
@@ -58,6 +59,11 @@ class QueueSnapshot:
     _taken: float | None = None
     _runs_taken: float | None = None
     _specs: dict[tuple[str, int], TrainingRunSpec | None] = field(default_factory=dict)
+    #: Each run's place in the queue, kept as runs change (a plan then costs a sort, not a
+    #: pass over every run): the places, the runs in line, and the GPUs held in all.
+    _places: dict[Key, Place] = field(default_factory=dict)
+    _in_line: dict[Key, Waiting] = field(default_factory=dict)
+    _held: int = 0
 
     def _fresh(self) -> None:
         if self._runs_taken is None or self.clock() - self._runs_taken >= self.runs_max_age:
@@ -69,11 +75,14 @@ class QueueSnapshot:
     def _list_runs(self) -> None:
         with self._lock:
             self._heard = []
-        listed = {_key(run): run for run in self.list_runs()}
+        listed = {_key(run): _slim(run) for run in self.list_runs()}
         with self._lock:
             for run, deleted in self._heard:  # heard while the listing was under way
                 _merge(listed, run, deleted)
             self._runs, self._heard = listed, []
+            self._places, self._in_line, self._held = {}, {}, 0
+            for key, run in listed.items():
+                self._place(key, run)
         self._runs_taken = self.clock()
         live = {(r["metadata"].get("uid", ""), r["metadata"].get("generation", 0)) for r in listed.values()}
         for stale in [k for k in self._specs if k not in live]:
@@ -104,9 +113,37 @@ class QueueSnapshot:
 
     def heard(self, run: dict[str, Any], deleted: bool = False) -> None:
         """A run as a watch event delivered it (never lists; safe from the event loop)."""
+        key, run = _key(run), _slim(run)
         with self._lock:
             _merge(self._runs, run, deleted)
             self._heard.append((run, deleted))
+            self._place(key, self._runs.get(key))
+
+    def line(self, asking: Key | None) -> tuple[list[Waiting], int]:
+        """The runs in line for GPUs and the GPUs the others hold, as :func:`~.queue.line_up`
+        gives them for every run, without a pass over every run."""
+        self._fresh()
+        with self._lock:
+            waiting, held = list(self._in_line.values()), self._held
+            place = self._places.get(asking, NOWHERE) if asking is not None else NOWHERE
+        if place.holds:  # the run asking does not count against itself
+            held -= place.holds
+            if place.entry is not None:
+                waiting.append(place.entry)
+        return waiting, held
+
+    def _place(self, key: Key, run: dict[str, Any] | None) -> None:
+        """Put the run's new place in the index (the caller holds the lock)."""
+        old = self._places.pop(key, NOWHERE)
+        self._held -= old.holds
+        self._in_line.pop(key, None)
+        place = NOWHERE if run is None else place_of(run, self.spec(run))
+        if place == NOWHERE:
+            return
+        self._places[key] = place
+        self._held += place.holds
+        if not place.holds and place.entry is not None:
+            self._in_line[key] = place.entry
 
     def saw(self, run: dict[str, Any]) -> None:
         """A run as the API server just returned it to an admission (read or status write)."""
@@ -142,6 +179,14 @@ def _older(run: dict[str, Any], than: dict[str, Any]) -> bool:
     counts as newer."""
     mine, theirs = run["metadata"].get("resourceVersion", ""), than["metadata"].get("resourceVersion", "")
     return mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs)
+
+
+def _slim(run: dict[str, Any]) -> dict[str, Any]:
+    """The run without its managedFields: a thousand runs' write history is most of their size."""
+    meta = run.get("metadata") or {}
+    if "managedFields" not in meta:
+        return run
+    return {**run, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 def _key(run: dict[str, Any]) -> Key:
