@@ -444,6 +444,9 @@ def start_plane(bin_dir: Path, gpus: int, pvs: int, host: str | None) -> None:
         "--use-service-account-credentials=true",
         "--controllers=*,-nodeipam",
         "--concurrent-job-syncs=20",
+        # A claim created just after its PV can be synced before the PV is in the binder's
+        # cache; it is then bound by the next periodic sync (15 s by default).
+        "--pvclaimbinder-sync-period=2s",
     ])  # fmt: skip
     start("kube-scheduler", [str(bin_dir / "kube-scheduler"), *common, f"--secure-port={PORTS.scheduler}"])
     start("kwok", [
