@@ -19,6 +19,7 @@ collect_ignore = [] if os.environ.get("AZAION_REAL_PODS") == "1" else ["pods"]
 pytest_plugins = [
     "tests.fixtures.kube",
     "tests.fixtures.kueue",
+    "tests.fixtures.mlflow",
     "tests.fixtures.operator",
     "tests.fixtures.rabbitmq",
     "tests.fixtures.s3",

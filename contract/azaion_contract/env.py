@@ -27,6 +27,8 @@ class SecretKey:
 
     secret: str
     key: str
+    #: The variable is left unset when the Secret lacks the key (the pod still starts).
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,17 @@ def _s3_secret(which: str) -> Callable[[TrainingRunSpec], SecretKey | None]:
             return None
         ref = spec.publish.s3.credentials_secret_ref
         return SecretKey(ref.name, getattr(ref, which))
+
+    return get
+
+
+def _mlflow_secret(which: str) -> Callable[[TrainingRunSpec], SecretKey | None]:
+    def get(spec: TrainingRunSpec) -> SecretKey | None:
+        tracking = spec.tracking.mlflow
+        if tracking is None or tracking.credentials_secret_ref is None:
+            return None
+        ref = tracking.credentials_secret_ref
+        return SecretKey(ref.name, getattr(ref, which), optional=True)
 
     return get
 
@@ -149,6 +162,29 @@ TRAINING_ENV: Final[tuple[Binding, ...]] = (
         None,
         ("publish.s3.credentials_secret_ref.secret_access_key_key",),
         _s3_secret("secret_access_key_key"),
+    ),
+    _simple("TRACKING_MLFLOW_URI", "mlflow_uri", "tracking.mlflow.tracking_uri"),
+    _simple("TRACKING_MLFLOW_EXPERIMENT", "mlflow_experiment", "tracking.mlflow.experiment_name"),
+    _simple("TRACKING_MLFLOW_MODEL_NAME", "mlflow_model_name", "tracking.mlflow.registered_model_name"),
+    _simple("TRACKING_MLFLOW_LOG_WEIGHTS", "mlflow_log_weights", "tracking.mlflow.log_weights"),
+    # Read by the MLflow client itself, like boto3's keys.
+    Binding(
+        "MLFLOW_TRACKING_USERNAME",
+        None,
+        ("tracking.mlflow.credentials_secret_ref.name", "tracking.mlflow.credentials_secret_ref.username_key"),
+        _mlflow_secret("username_key"),
+    ),
+    Binding(
+        "MLFLOW_TRACKING_PASSWORD",
+        None,
+        ("tracking.mlflow.credentials_secret_ref.password_key",),
+        _mlflow_secret("password_key"),
+    ),
+    Binding(
+        "MLFLOW_TRACKING_TOKEN",
+        None,
+        ("tracking.mlflow.credentials_secret_ref.token_key",),
+        _mlflow_secret("token_key"),
     ),
 )
 

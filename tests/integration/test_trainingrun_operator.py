@@ -357,7 +357,9 @@ def test_gpu_queue_orders_by_priority_then_arrival(api_client, cluster, namespac
     wait_phase(api_client, namespace, "first", "Succeeded")
     wait_phase(api_client, namespace, "urgent", "Running", timeout=20)
     assert status_of(api_client, namespace, "second")["phase"] == "Queued"
-    assert status_of(api_client, namespace, "second")["queuePosition"] == 1
+    # Places move up when the next plan shows them (at most every 2 s, and at each resync).
+    wait_until(lambda: status_of(api_client, namespace, "second").get("queuePosition") == 1, 10, "second moving up")
+    assert status_of(api_client, namespace, "second")["phase"] == "Queued"
 
     release(api_client, namespace, "urgent")
     wait_phase(api_client, namespace, "second", "Running", timeout=20)
@@ -532,3 +534,37 @@ def test_trainer_identity_reports_progress_to_its_own_run_only(api_client, names
             client.CoreV1Api(trainer_api).list_namespaced_secret(namespace)
         assert secrets_forbidden.value.status == 403
     assert "progress" not in status_of(api_client, namespace, "neighbour")
+
+
+def test_the_trainers_mlflow_reports_become_the_tracking_condition(api_client, namespace, simulated):
+    from azaion_workloads.status import KubernetesStatusReporter
+
+    tracking = {"mlflow": {"trackingUri": "http://mlflow.invalid:5000"}}
+    create_run(
+        api_client, namespace, run_body("tracked", resources={"gpus": 0}, podAnnotations=HOLD, tracking=tracking)
+    )
+    wait_phase(api_client, namespace, "tracked", "Running")
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    wait_until(lambda: rbac.read_namespaced_role_binding("tracked-trainer", namespace), 20, "the trainer identity")
+
+    def shown() -> dict[str, Any]:
+        return next(
+            (c for c in status_of(api_client, namespace, "tracked").get("conditions") or [] if c["type"] == "Tracking"),
+            {},
+        )
+
+    with client_as_service_account(api_client, namespace, "tracked-trainer") as trainer_api:
+        reporter = KubernetesStatusReporter(PLURAL, namespace, "tracked", api=client.CustomObjectsApi(trainer_api))
+        reporter.report(
+            {"mlflow": {"state": "Retrying", "pending": 3, "failures": 2, "lastError": "ConnectionError: refused"}}
+        )
+        wait_until(lambda: shown().get("reason") == "TrackingServerUnavailable", 15, "the Tracking condition")
+        assert shown()["status"] == "False" and "ConnectionError: refused" in shown()["message"]
+        assert status_of(api_client, namespace, "tracked")["phase"] == "Running"  # training goes on
+
+        reporter.report({"mlflow": {"state": "Logging", "runId": "abc123", "pending": 0}})
+        wait_until(lambda: shown().get("reason") == "Logging", 15, "the Tracking condition to recover")
+        assert shown()["status"] == "True" and "abc123" in shown()["message"]
+    release(api_client, namespace, "tracked")
+    status = wait_phase(api_client, namespace, "tracked", "Succeeded")
+    assert condition(status, "Tracking")["reason"] == "Logging"

@@ -32,6 +32,7 @@ import pytest
 from azaion_devtools.broker import LocalRabbitMQ, broker_installed, private_broker
 from azaion_devtools.cluster import REPO, Cluster, local_cluster_env
 from azaion_devtools.processes import ManagedProcess, free_port, port_open, wait_until
+from tests.fixtures.mlflow import MlflowServer, start_mlflow
 from tests.fixtures.s3 import S3Server
 
 # Pods that must run containers select this label and tolerate its taint.
@@ -245,6 +246,13 @@ def pod_s3(request: pytest.FixtureRequest, host_address: str, tmp_path_factory) 
         yield S3Server(f"http://{host_address}:{port}", "testing", "testing", started=True)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pod_mlflow(host_address: str, tmp_path_factory) -> Iterator[MlflowServer]:
+    """An MLflow tracking server that pods reach over the pod network."""
+    with start_mlflow(host_address, tmp_path_factory.mktemp("pod-mlflow")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

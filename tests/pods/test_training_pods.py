@@ -21,6 +21,7 @@ import pytest
 from kubernetes import client, watch
 
 from azaion_devtools.cluster import Cluster
+from tests.fixtures.mlflow import MlflowServer
 from tests.fixtures.s3 import S3Server
 from tests.pods.conftest import PLACEMENT, Images
 from tests.pods.pods import (
@@ -110,12 +111,27 @@ def epoch_of(status: dict[str, Any]) -> int:
 
 
 def test_a_run_trains_in_its_pod_and_publishes_a_model_that_decrypts(
-    cluster: Cluster, api_client, trained_data: str, pod_s3: S3Server, tmp_path: Path
+    cluster: Cluster, api_client, trained_data: str, pod_s3: S3Server, pod_mlflow: MlflowServer, tmp_path: Path
 ) -> None:
     namespace = trained_data
     bucket = pod_s3.new_bucket()
     create_secrets(api_client, namespace, pod_s3)
-    start_run(api_client, namespace, training_run("tiny", 3, bucket, pod_s3))
+    # Credentials by reference: a username and password (the server ignores them), no token key.
+    client.CoreV1Api(api_client).create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="mlflow"), string_data={"username": "trainer", "password": "unused"}
+        ),
+    )
+    body = training_run("tiny", 3, bucket, pod_s3)
+    body["spec"]["tracking"] = {
+        "mlflow": {
+            "trackingUri": pod_mlflow.uri,
+            "experimentName": f"pods-{namespace}",
+            "credentialsSecretRef": {"name": "mlflow"},
+        }
+    }
+    start_run(api_client, namespace, body)
 
     pod = running_trainer(api_client, namespace, "tiny")
     epochs_seen: set[int] = set()
@@ -150,6 +166,21 @@ def test_a_run_trains_in_its_pod_and_publishes_a_model_that_decrypts(
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[-1] == 64
     assert manifest, "the manifest is JSON"
+
+    # MLflow: every epoch, the curves and the export logged; the published model registered.
+    def tracking_shown(status: dict[str, Any]) -> bool:
+        shown = next((c for c in status.get("conditions") or [] if c["type"] == "Tracking"), {})
+        return shown.get("reason") == "Logged" and shown.get("status") == "True"
+
+    status = wait_for_run(api_client, namespace, "tiny", tracking_shown, 60, "the Tracking condition")
+    tracked = status["mlflow"]
+    assert tracked["state"] == "Logged" and tracked["modelVersion"] == "1"
+    mlflow = pod_mlflow.client()
+    assert [p.step for p in mlflow.get_metric_history(tracked["runId"], "map50_95")] == [1, 2, 3]
+    assert {"results.csv", "results.png", "model"} <= {a.path for a in mlflow.list_artifacts(tracked["runId"])}
+    (version,) = mlflow.search_model_versions(f"name='azaion-{namespace}'")
+    assert version.source == encrypted_uri
+    assert artifacts["resultsPngUri"] in artifacts["publishedUris"]
 
 
 def test_a_killed_trainer_resumes_from_its_checkpoint_in_a_new_attempt(

@@ -307,6 +307,52 @@ class PublishSpec(ApiModel):
     """Make this run's best model the current one (models/azaion.pt) when it succeeds."""
 
 
+class MlflowCredentialsRef(ApiModel):
+    """A Secret with the tracking server's credentials: a username and password, or a token."""
+
+    name: DnsSubdomain
+    """Name of the Secret."""
+    username_key: SecretKey = "username"
+    """Key of the username in the Secret (HTTP basic auth; left out when the Secret lacks it)."""
+    password_key: SecretKey = "password"  # noqa: S105 - a key name, not a secret
+    """Key of the password in the Secret (left out when the Secret lacks it)."""
+    token_key: SecretKey = "token"  # noqa: S105 - a key name, not a secret
+    """Key of a bearer token in the Secret (left out when the Secret lacks it)."""
+
+
+# An MLflow experiment or registered model name: no '/' (the registry's URIs use it) and no ':'.
+_MLFLOW_NAME = Rule(
+    "self.matches('^[A-Za-z0-9][A-Za-z0-9 ._-]*$')",
+    "must start with a letter or digit and hold only letters, digits, ' ', '.', '_' and '-'",
+    lambda name: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]*", name) is not None,
+)
+
+
+class MlflowTracking(ApiModel):
+    """An MLflow tracking server the run logs to. A server that is down never fails or stalls training:
+    the trainer retries in the background and the Tracking condition says what happened."""
+
+    tracking_uri: Annotated[str, Field(max_length=2048), HTTP_URL]
+    """The tracking server (http:// or https://)."""
+    experiment_name: Annotated[str, Field(min_length=1, max_length=256), _MLFLOW_NAME] = "azaion"
+    """Experiment the run is logged in (created when missing); the MLflow run is named <namespace>/<name>."""
+    registered_model_name: Annotated[str, Field(min_length=1, max_length=256), _MLFLOW_NAME] | None = None
+    """Registered model that gets a version per published run (its source: the encrypted model's S3 URI);
+    unset: azaion-<namespace>."""
+    log_weights: bool = False
+    """Also upload the unencrypted best weights (.pt) to the server; off: only the ONNX export, curves and
+    the dataset manifest go there."""
+    credentials_secret_ref: MlflowCredentialsRef | None = None
+    """Secret with the server's credentials (never put them in the spec)."""
+
+
+class TrackingSpec(ApiModel):
+    """Experiment tracking."""
+
+    mlflow: MlflowTracking | None = None
+    """Log parameters, per-epoch metrics and artifacts to MLflow, and register the published model."""
+
+
 class FailurePolicy(ApiModel):
     """How failures and preemptions are counted and when the run gives up."""
 
@@ -392,6 +438,8 @@ class TrainingRunSpec(ApiModel):
     """Export formats."""
     publish: PublishSpec = Field(default_factory=PublishSpec)
     """Publishing and promotion."""
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """Experiment tracking (MLflow)."""
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
     """Retry budgets."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)
@@ -526,6 +574,28 @@ class CheckpointMirror(StatusModel):
     """When the latest upload failed (RFC 3339)."""
 
 
+class MlflowStatus(StatusModel):
+    """What the trainer logged to the MLflow tracking server (tracking.mlflow)."""
+
+    state: Literal["Logging", "Retrying", "Logged"] | None = None
+    """Logging: the server takes what the trainer sends; Retrying: it did not, and the trainer keeps what it
+    could not send and tries again (training goes on); Logged: everything, the model version included, is there."""
+    run_id: str | None = None
+    """The MLflow run."""
+    experiment_id: str | None = None
+    """The MLflow experiment."""
+    model_version: str | None = None
+    """The registered model version of the published model."""
+    pending: int | None = None
+    """Records (metrics, parameters, artifacts) waiting to be sent."""
+    failures: int | None = None
+    """Requests that failed since the pod started."""
+    last_error: str | None = None
+    """Why the latest request failed."""
+    updated_at: str | None = None
+    """When this was reported (RFC 3339)."""
+
+
 class DatasetArtifact(StatusModel):
     """The formed dataset."""
 
@@ -591,6 +661,10 @@ class Artifacts(StatusModel):
     """URIs of every published object."""
     promoted: bool | None = None
     """Whether the model became the current one."""
+    results_csv_uri: str | None = None
+    """URI of the published per-epoch training results (ultralytics' results.csv), beside the model."""
+    results_png_uri: str | None = None
+    """URI of the published training curves (ultralytics' results.png), beside the model."""
 
 
 class AttemptRecord(StatusModel):
@@ -660,3 +734,5 @@ class TrainingRunStatus(ReconciledStatus):
     """The checkpoints' S3 mirror, when publish.s3.mirrorCheckpoints is on (written by the pod)."""
     artifacts: Artifacts | None = None
     """Produced files and published objects (written by the pod)."""
+    mlflow: MlflowStatus | None = None
+    """What was logged to MLflow, when tracking.mlflow is set (written by the pod)."""

@@ -47,9 +47,12 @@ def env_value(name: str, value: object) -> dict[str, Any]:
     return {"name": name, "value": encode(value)}
 
 
-def env_from_secret(name: str, secret: str, key: str) -> dict[str, Any]:
+def env_from_secret(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
     """An env var filled by the kubelet from a Secret: the value never appears in the spec."""
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
 def env_from_spec(table: Iterable[Binding], spec: Any) -> list[dict[str, Any]]:
@@ -60,7 +63,7 @@ def env_from_spec(table: Iterable[Binding], spec: Any) -> list[dict[str, Any]]:
         if value is None:
             continue
         if isinstance(value, SecretKey):
-            env.append(env_from_secret(binding.env, value.secret, value.key))
+            env.append(env_from_secret(binding.env, value.secret, value.key, value.optional))
         else:
             env.append(env_value(binding.env, value))
     return env

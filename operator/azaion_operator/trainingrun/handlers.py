@@ -17,7 +17,7 @@ from azaion_contract.timefmt import now, parse_rfc3339_or_none
 from azaion_operator import metrics, resync
 from azaion_operator.config import OperatorConfig
 from azaion_operator.trainingrun import reconcile as controller
-from azaion_operator.trainingrun.lifecycle import TERMINAL, ttl_expired
+from azaion_operator.trainingrun.lifecycle import TERMINAL, tracking_stale, ttl_expired
 from azaion_operator.trainingrun.outcomes import is_disrupted
 from azaion_operator.trainingrun.runmetrics import RunCollector
 
@@ -51,11 +51,13 @@ def on_run_event(namespace: str, name: str, type: str | None, body: kopf.Body, m
     memory of earlier calls. Status writes (ours, and the trainer's progress
     reports) leave the generation as it was and are skipped here, as is a run
     the resync got to first; a reconcile that failed leaves its generation
-    unhandled, and the resync retries it.
+    unhandled, and the resync retries it. A trainer's MLflow report that the
+    Tracking condition does not show yet is the one status write reconciled.
     """
     if type == "DELETED":
         return
-    if controller.handled_generation.get((namespace, name)) == body.metadata.get("generation"):
+    handled = controller.handled_generation.get((namespace, name)) == body.metadata.get("generation")
+    if handled and not tracking_stale(dict(body.get("status") or {})):
         return
     controller.reconcile(namespace, name, memo.config)
 

@@ -89,11 +89,50 @@ def needs_admission(
 STUCK_REASONS = {"ImagePullBackOff", "CreateContainerConfigError", "Unschedulable", "ChildRejected"}
 
 
-def _conditions(phase: str, reason: str, message: str, now: str, generation: int) -> list[dict[str, Any]]:
-    """One condition per question a user asks: is it progressing, did it succeed, did it fail."""
+#: The Tracking condition for each state the trainer reports in status.mlflow: (holds, reason).
+_TRACKING = {"Logging": (True, "Logging"), "Retrying": (False, "TrackingServerUnavailable"), "Logged": (True, "Logged")}
+
+
+def tracking_condition(status: dict[str, Any], now: str, generation: int) -> dict[str, Any] | None:
+    """Whether MLflow takes what the trainer sends (from the pod's status.mlflow); None without tracking."""
+    reported = status.get("mlflow") or {}
+    if reported.get("state") not in _TRACKING:
+        return None
+    holds, reason = _TRACKING[reported["state"]]
+    if reported["state"] == "Retrying":
+        message = (
+            "the MLflow server does not take what the trainer sends; it keeps the records and tries again "
+            f"while training goes on; last error: {reported.get('lastError', 'unknown')}"
+        )
+    elif reported["state"] == "Logged":
+        message = f"logged to MLflow run {reported.get('runId')}; model version {reported.get('modelVersion')}"
+    else:
+        message = f"logging to MLflow run {reported.get('runId') or '(being created)'}"
+    return condition("Tracking", holds, reason, message, now, generation)
+
+
+def tracking_stale(status: dict[str, Any]) -> bool:
+    """The pod reported an MLflow state that the Tracking condition does not show yet."""
+    wanted = tracking_condition(status, "", 0)
+    shown = find(status.get("conditions"), "Tracking")
+    if wanted is None:
+        return False
+    return shown is None or (shown.get("status"), shown.get("reason"), shown.get("message")) != (
+        wanted["status"],
+        wanted["reason"],
+        wanted["message"],
+    )
+
+
+def _conditions(
+    phase: str, reason: str, message: str, now: str, generation: int, status: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """One condition per question a user asks: is it progressing, did it succeed, did it fail
+    (and, with tracking.mlflow, does MLflow get what the trainer logs)."""
     progressing = phase in (Phase.PENDING, Phase.RUNNING) and reason not in STUCK_REASONS
     finished, failed = phase in TERMINAL, phase == Phase.FAILED
-    return [
+    tracking = tracking_condition(status or {}, now, generation)
+    conditions = [
         condition("Progressing", progressing, reason, message, now, generation),
         condition(
             "Succeeded",
@@ -105,6 +144,7 @@ def _conditions(phase: str, reason: str, message: str, now: str, generation: int
         ),
         condition("Failed", failed, reason if failed else "NoFailure", message if failed else "", now, generation),
     ]
+    return [*conditions, tracking] if tracking is not None else conditions
 
 
 class _Builder:
@@ -117,7 +157,7 @@ class _Builder:
 
     def set_phase(self, phase: Phase, reason: str, message: str, event_type: str = "Normal") -> None:
         generation = self.meta.get("generation", 1)
-        conditions = _conditions(phase.value, reason, message, timestamp(self.now), generation)
+        conditions = _conditions(phase.value, reason, message, timestamp(self.now), generation, self.old)
         self.decision.set_status(
             phase=phase,
             observed_generation=generation,
@@ -234,7 +274,9 @@ def requeued(meta: dict[str, Any], status: dict[str, Any], gpus: int, position: 
     if shown == status.get("queuePosition"):
         return None
     message = _waiting_message(gpus, shown)
-    conditions = _conditions(Phase.QUEUED.value, "WaitingForGPU", message, timestamp(now), meta.get("generation", 1))
+    conditions = _conditions(
+        Phase.QUEUED.value, "WaitingForGPU", message, timestamp(now), meta.get("generation", 1), status
+    )
     return {"queuePosition": shown, "conditions": keep_transition_times(conditions, status.get("conditions"))}
 
 
@@ -285,6 +327,10 @@ def decide(
     if phase in TERMINAL:
         if ttl_expired(spec, status, now) and job is not None:
             b.decision.delete_all_jobs = True
+        if tracking_stale(status):  # the trainer's last MLflow report came after the run finished
+            tracking = tracking_condition(status, timestamp(now), meta.get("generation", 1))
+            others = [c for c in status.get("conditions") or [] if c.get("type") != "Tracking"]
+            b.decision.set_status(conditions=keep_transition_times([*others, tracking], status.get("conditions")))
         return b.decision
 
     if not status.get("image"):

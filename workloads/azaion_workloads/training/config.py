@@ -122,6 +122,12 @@ class TrainingSettings(BaseModel):
     api_password: SecretStr | None = None
     api_folder: str | None = None
 
+    #: MLflow tracking (see :mod:`.tracking`): off without a URI.
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "azaion"
+    mlflow_model_name: str | None = None
+    mlflow_log_weights: bool = False
+
     heartbeat_file: Path = Path(contract.HEARTBEAT_FILE)
     image: str | None = None
 
@@ -199,7 +205,7 @@ class TrainingSettings(BaseModel):
             raise ValueError(f"not a clean key prefix: {value!r}")
         return value
 
-    @field_validator("api_url", "s3_endpoint")
+    @field_validator("api_url", "s3_endpoint", "mlflow_uri")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -244,6 +250,11 @@ class TrainingSettings(BaseModel):
     @property
     def publishing(self) -> bool:
         return bool(self.s3_bucket)
+
+    @property
+    def registered_model_name(self) -> str:
+        """The MLflow registered model of the run's published versions."""
+        return self.mlflow_model_name or f"azaion-{self.resource_namespace}"
 
     def model_source(self) -> str:
         """What to hand to ``YOLO()``: a built-in YAML name or an absolute path."""
@@ -296,6 +307,10 @@ _PARSERS: dict[str, Any] = {
     "s3_region": str.strip,
     "mirror_checkpoints": _bool,
     "promote": _bool,
+    "mlflow_uri": str.strip,
+    "mlflow_experiment": str.strip,
+    "mlflow_model_name": str.strip,
+    "mlflow_log_weights": _bool,
 }
 _ENV_FIELDS: dict[str, tuple[str, Any]] = {
     contract.ENV_RESOURCE_NAME: ("resource_name", str),

@@ -48,7 +48,9 @@ def prepare_environment(state_dir: Path | None = None) -> Path:
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "False"
     os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["MLFLOW_TRACKING_URI"] = ""
+    os.environ["MLFLOW_TRACKING_URI"] = ""  # ultralytics' own MLflow callback; tracking.mlflow is ours
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # the MLflow client's usage reports
+    os.environ["DO_NOT_TRACK"] = "true"
     os.environ.setdefault("YOLO_VERBOSE", "True")
     for directory in (
         config_dir,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # numpy (export) and boto3 (publish) are imported only when t
     from azaion_workloads.training.mirror import CheckpointMirror
     from azaion_workloads.training.parity import ParityCheck
     from azaion_workloads.training.publish import Publisher
+    from azaion_workloads.training.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ ENCRYPT_DONE = "encrypt.json"
 #: The TensorRT engine's encryption record (a separate step result: it may come and go).
 ENCRYPT_ENGINE_DONE = "encrypt-engine.json"
 PUBLISH_DONE = "publish.json"
+#: ultralytics' per-epoch results and its plot of them, published beside the model.
+CURVES = {"results.csv": "text/csv", "results.png": "image/png"}
+#: How long a stopped or failed attempt waits for MLflow (the next attempt logs on).
+TRACKING_STOP_SECONDS = 5.0
 
 
 class StepResult(Protocol):
@@ -145,12 +150,19 @@ class PublishResult:
     artifact_uris: tuple[str, ...]
     #: The engine's S3 URI, when an engine was published.
     tensorrt_uri: str | None = None
+    #: The published training curves (:data:`CURVES`) by file name.
+    curve_uris: dict[str, str] = field(default_factory=dict)
 
     def artifacts(self, root: Path) -> Artifacts:
         fields: dict[str, Any] = {"manifest_uri": self.manifest_uri}
-        fields["published_uris"] = [*self.artifact_uris, self.manifest_uri]
-        if self.tensorrt_uri is not None:  # left out, not null: a merge patch would delete it
+        fields["published_uris"] = [*self.artifact_uris, *self.curve_uris.values(), self.manifest_uri]
+        # Left out, not null, when absent: a merge patch would delete them.
+        if self.tensorrt_uri is not None:
             fields["tensorrt_uri"] = self.tensorrt_uri
+        if "results.csv" in self.curve_uris:
+            fields["results_csv_uri"] = self.curve_uris["results.csv"]
+        if "results.png" in self.curve_uris:
+            fields["results_png_uri"] = self.curve_uris["results.png"]
         return build(Artifacts, **fields)
 
 
@@ -212,6 +224,23 @@ class Pipeline:
             on_progress=self.progress.beat,
         )
 
+    @cached_property
+    def tracker(self) -> MlflowTracker | None:
+        """The run's MLflow tracker (``TRACKING_MLFLOW_URI``), made once the run directory exists."""
+        settings = self.settings
+        if not settings.mlflow_uri:
+            return None
+        from azaion_workloads.training.tracking import MlflowTracker
+
+        return MlflowTracker(
+            settings.mlflow_uri,
+            settings.mlflow_experiment,
+            f"{settings.resource_namespace}/{settings.resource_name}",
+            settings.registered_model_name,
+            self.run_dir,
+            on_status=self.progress.mlflow,
+        )
+
     # Steps ---------------------------------------------------------------
 
     def run(self) -> None:
@@ -219,7 +248,22 @@ class Pipeline:
 
         A step whose record still matches returns that record without redoing
         the work, so a retry runs only the steps a crash left unfinished.
+        MLflow is told the run finished only when it did, failed only when no
+        retry can help; a stopped attempt's MLflow run goes on in the next one.
         """
+        try:
+            self._steps()
+        except BaseException as error:
+            if self.tracker is not None:
+                if isinstance(error, PermanentError):
+                    self.tracker.finish("FAILED")
+                self.tracker.close(TRACKING_STOP_SECONDS)
+            raise
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker.close()
+
+    def _steps(self) -> None:
         settings = self.settings
         key = load_key(settings)
         if settings.model.endswith(".pt") and not Path(settings.model_source()).is_file():
@@ -233,6 +277,7 @@ class Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dataset = self.dataset()
         self.report(dataset)
+        self.track_parameters(dataset)
         self.progress.stop.check("after dataset formation")
         trained = self.train(dataset.data_yaml)
         self.report(trained)
@@ -268,6 +313,7 @@ class Pipeline:
             self.report(published)
         if settings.promote:
             self.report(self.promote(trained, published))
+        self.track_results(trained, dataset, model_file if settings.export_onnx else None, published)
         self.progress.step("done", percent=100.0, eta_seconds=0)
         log.info("run %s/%s done", settings.resource_namespace, settings.resource_name)
 
@@ -299,7 +345,48 @@ class Pipeline:
         )
 
     def train(self, data_yaml: Path) -> TrainingResult:
-        return train(self.settings, data_yaml, self.progress, self.checkpoint_mirror())
+        return train(self.settings, data_yaml, self.progress, self.checkpoint_mirror(), self.tracker)
+
+    def track_parameters(self, dataset: DatasetResult) -> None:
+        """The run's training parameters and its dataset, once per attempt (MLflow keeps one value each)."""
+        if self.tracker is None:
+            return
+        settings = self.settings
+        self.tracker.log_params(
+            {
+                "model": settings.model,
+                "epochs": settings.epochs,
+                "batch": settings.batch_size,
+                "imgsz": settings.imgsz,
+                "optimizer": settings.optimizer,
+                "patience": settings.patience,
+                "split": ",".join(str(part) for part in settings.split),
+                "seed": settings.seed,
+                "image": settings.image,
+                **{f"extra.{k}": v for k, v in sorted(settings.extra_args.items())},
+                "dataset.manifest_sha256": dataset.manifest_sha256,
+                "dataset.train": dataset.train,
+                "dataset.valid": dataset.valid,
+                "dataset.test": dataset.test,
+            }
+        )
+
+    def track_results(
+        self, trained: TrainingResult, dataset: DatasetResult, onnx: Path | None, published: PublishResult | None
+    ) -> None:
+        """The curves, the dataset manifest and the export to MLflow; the published model registered."""
+        tracker = self.tracker
+        if tracker is None:
+            return
+        for name in CURVES:
+            tracker.log_artifact(self.run_dir / name)
+        tracker.log_artifact(dataset.directory / MANIFEST, "dataset")
+        if onnx is not None:
+            tracker.log_artifact(onnx, "model")
+        if self.settings.mlflow_log_weights:
+            tracker.log_artifact(trained.best, "weights")
+        if published is not None:
+            tracker.register_model(published.artifact_uris[0], {"manifest": published.manifest_uri})
 
     def checkpoint_mirror(self) -> CheckpointMirror | None:
         """The S3 mirror of the run's checkpoints (``S3_MIRROR_CHECKPOINTS``), sealed with the model key."""
@@ -412,6 +499,9 @@ class Pipeline:
             },
             "artifacts": [artifact for _, artifact, _ in uploads],
         }
+        curves = self._publish_curves(publisher)
+        if curves:
+            document["curves"] = curves
         manifest_key = publisher.manifest_key(settings.resource_namespace, settings.resource_name)
         manifest_uri = publisher.uri(manifest_key)
         previous = publisher.get_json(manifest_key)
@@ -433,7 +523,21 @@ class Pipeline:
             self.run_dir / PUBLISH_DONE,
             json.dumps({"manifestUri": manifest_uri, "publishedUris": uris}, indent=2).encode(),
         )
-        return PublishResult(manifest_uri, tuple(uris), uris[1] if engine is not None else None)
+        curve_uris = {name: entry["uri"] for name, entry in curves.items()}
+        return PublishResult(manifest_uri, tuple(uris), uris[1] if engine is not None else None, curve_uris)
+
+    def _publish_curves(self, publisher: Publisher) -> dict[str, dict[str, str]]:
+        """ultralytics' results.csv and results.png, beside the manifest (before it: it is written last)."""
+        settings = self.settings
+        curves: dict[str, dict[str, str]] = {}
+        for name, content_type in CURVES.items():
+            path = self.run_dir / name
+            if not path.is_file():
+                continue
+            digest = sha256_file(path)
+            key = publisher.key("runs", settings.resource_namespace, settings.resource_name, name)
+            curves[name] = {"uri": publisher.upload_file(path, key, digest, content_type), "sha256": digest}
+        return curves
 
     def _prepare(
         self, publisher: Publisher, encrypted: EncryptResult, kind: str | None = None

@@ -9,7 +9,7 @@ import time
 from types import FrameType
 from typing import Any, Literal
 
-from azaion_contract.models.trainingrun import Artifacts, Checkpoint, CheckpointMirror, TrainingRunStatus
+from azaion_contract.models.trainingrun import Artifacts, Checkpoint, CheckpointMirror, MlflowStatus, TrainingRunStatus
 from azaion_contract.models.trainingrun import Progress as ProgressStatus
 from azaion_contract.timefmt import rfc3339
 from azaion_workloads.heartbeat import Heartbeat
@@ -90,6 +90,10 @@ class Progress:
     def mirror(self, **fields: Any) -> None:
         """Report the checkpoint mirror's state (:class:`CheckpointMirror` fields), from its upload thread."""
         self.report(build(TrainingRunStatus, checkpoint_mirror=build(CheckpointMirror, **fields)), beat=False)
+
+    def mlflow(self, **fields: Any) -> None:
+        """Report what was logged to MLflow (:class:`MlflowStatus` fields), from the tracker's thread."""
+        self.report(build(TrainingRunStatus, mlflow=build(MlflowStatus, **fields)), beat=False)
 
     def artifacts(self, **fields: Any) -> Artifacts:
         """Report produced artifacts (:class:`Artifacts` fields); returns what was sent."""

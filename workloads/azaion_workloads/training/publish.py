@@ -121,6 +121,20 @@ class Publisher:
         log.info("published %s (%d bytes)", key, size)
         return key
 
+    def upload_file(self, path: Path, key: str, sha256: str, content_type: str) -> str:
+        """Upload ``path`` to ``key`` unless that very content is there; return its URI."""
+        existing = self.head(key)
+        if existing is None or existing.get("Metadata", {}).get("sha256") != sha256:
+            self.client.upload_file(
+                str(path),
+                self.target.bucket,
+                key,
+                ExtraArgs={"Metadata": {"sha256": sha256}, "ContentType": content_type},
+                Config=self.transfer,
+            )
+            log.info("published %s", key)
+        return self.uri(key)
+
     def get_json(self, key: str) -> dict[str, Any] | None:
         try:
             body = self.client.get_object(Bucket=self.target.bucket, Key=key)["Body"].read()

@@ -38,6 +38,7 @@ from azaion_workloads.training.progress import Progress, keepalive
 
 if TYPE_CHECKING:
     from azaion_workloads.training.mirror import CheckpointMirror
+    from azaion_workloads.training.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,14 @@ class _Callbacks:
         resume: Checkpoint | None,
         mirror: CheckpointMirror | None = None,
         resume_source: str | None = None,
+        tracker: MlflowTracker | None = None,
     ):
         self.settings = settings
         self.progress = progress
         self.store = store
         self.resume = resume
         self.mirror = mirror
+        self.tracker = tracker
         #: The S3 URI the resume checkpoint was restored from (None: it was on the data volume).
         self.resume_source = resume_source
         self.started = time.monotonic()
@@ -188,6 +191,8 @@ class _Callbacks:
         metrics = {key: _float(trainer.metrics, source) for key, source in _METRIC_KEYS.items()}
         metrics.update({key: _float(losses, f"train/{src}") for key, src in _LOSS_KEYS.items()})
         best_epoch = getattr(getattr(trainer, "stopper", None), "best_epoch", None)
+        if self.tracker is not None:  # queued: the server never holds up the next epoch
+            self.tracker.log_metrics({k: v for k, v in metrics.items() if v is not None}, step=done)
         self.progress.step(
             "training",
             epoch=done,
@@ -240,13 +245,18 @@ def _float(source: dict[str, Any], key: str) -> float | None:
 
 
 def train(
-    settings: TrainingSettings, data_yaml: Path, progress: Progress, mirror: CheckpointMirror | None = None
+    settings: TrainingSettings,
+    data_yaml: Path,
+    progress: Progress,
+    mirror: CheckpointMirror | None = None,
+    tracker: MlflowTracker | None = None,
 ) -> TrainingResult:
     """Train (or resume, or skip when finished) and return the best model.
 
     With ``mirror`` every kept checkpoint is also uploaded to S3, and a mirrored
     checkpoint newer than the newest local one (or any, when there is no local
-    one: another node) is restored and resumed from.
+    one: another node) is restored and resumed from. With ``tracker`` every
+    epoch's metrics go to MLflow.
     """
     run_dir = settings.run_dir
     done_file = run_dir / DONE_FILE
@@ -295,7 +305,7 @@ def train(
         return _record(done_file, store.best, None, {})
     from azaion_workloads.training.resumable import ResumableTrainer
 
-    callbacks = _Callbacks(settings, progress, store, resume, mirror, resume_source)
+    callbacks = _Callbacks(settings, progress, store, resume, mirror, resume_source, tracker)
     try:
         if resume is not None:
             dropped = truncate_results(run_dir / "results.csv", resume.epochs_done)
