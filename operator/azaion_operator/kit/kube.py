@@ -110,19 +110,18 @@ def list_custom(group: str, version: str, plural: str, namespace: str, label_sel
         raise
 
 
-def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``status`` into the resource's status; the resource as the API server stored it."""
-    return custom().patch_namespaced_custom_object_status(
-        API_GROUP, API_VERSION, namespace, plural, name, {"status": status}
-    )
-
-
-def patch_status_unless_changed(
-    plural: str, namespace: str, name: str, resource_version: str, status: dict[str, Any]
+def patch_status(
+    plural: str, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
 ) -> dict[str, Any] | None:
-    """:func:`patch_status`, applied only if the resource is still at ``resource_version``;
-    None when it changed meanwhile (409 Conflict) or is gone."""
-    body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+    """Merge ``status`` into the resource's status; the resource as the API server stored it.
+
+    With ``resource_version`` the patch applies only if the resource is still at
+    that version, and None says it changed meanwhile (409 Conflict) or is gone.
+    """
+    body: dict[str, Any] = {"status": status}
+    if resource_version is None:
+        return custom().patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, plural, name, body)
+    body["metadata"] = {"resourceVersion": resource_version}
     try:
         return custom().patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, plural, name, body)
     except ApiException as error:

@@ -23,7 +23,7 @@ from azaion_operator.trainingrun.runmetrics import RunCollector
 
 log = logging.getLogger(__name__)
 
-REGISTRY.register(RunCollector(controller.known_runs))
+REGISTRY.register(RunCollector(lambda: controller.current_runs(relist=False)))
 
 #: A run nothing happened to is looked at again after this long (missed events).
 SAFETY_NET_SECONDS = 60.0

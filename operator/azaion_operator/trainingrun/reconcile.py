@@ -73,14 +73,10 @@ def heard(event_type: str | None, run: dict) -> None:
     heard_at[(meta["namespace"], meta["name"])] = time.monotonic()
 
 
-def current_runs() -> list[dict]:
-    """The runs this operator manages, as the watch keeps them (listed again when a minute old)."""
-    return [run for run in _snapshot.runs() if kube.manages(run["metadata"]["namespace"])]
-
-
-def known_runs() -> list[dict]:
-    """Every run the watch delivered (or the last listing held) in the namespaces this operator manages."""
-    return [run for run in _snapshot.held() if kube.manages(run["metadata"]["namespace"])]
+def current_runs(relist: bool = True) -> list[dict]:
+    """The runs this operator manages, as the watch keeps them; listed again when a minute old,
+    unless ``relist`` is False (a metrics scrape never waits for a listing)."""
+    return [run for run in _snapshot.runs(relist) if kube.manages(run["metadata"]["namespace"])]
 
 
 def forget_except(present: Iterable[Key]) -> None:
@@ -196,9 +192,7 @@ def show_places(places: dict[Key, int]) -> None:
             patch = requeued(run["metadata"], run.get("status") or {}, spec.resources.gpus, position, now())
             if patch is None:
                 continue
-            version = run["metadata"].get("resourceVersion", "")
-            checked = TrainingRunStatus.checked(patch)
-            written = kube.patch_status_unless_changed(PLURAL, key[0], key[1], version, checked)
+            written = _write_status(key[0], key[1], patch, run["metadata"].get("resourceVersion", ""))
             if written is not None:
                 _snapshot.heard(written)
         except Exception:  # the next plan tries again; one run must not stop the others
@@ -290,9 +284,12 @@ def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: Operato
     return True, (_write_status(namespace, name, decision.status) if decision.status else None)
 
 
-def _write_status(namespace: str, name: str, patch: dict) -> dict:
-    """The one writer of a run's status: every key checked against the contract's status model."""
-    return kube.patch_status(PLURAL, namespace, name, TrainingRunStatus.checked(patch))
+def _write_status(namespace: str, name: str, patch: dict, resource_version: str | None = None) -> dict | None:
+    """The one writer of a run's status: every key checked against the contract's status model.
+
+    With ``resource_version``: only if the run is still at that version (None when it is not).
+    """
+    return kube.patch_status(PLURAL, namespace, name, TrainingRunStatus.checked(patch), resource_version)
 
 
 def _record(run: dict, decision: Decision) -> None:

@@ -76,6 +76,8 @@ class QueueSnapshot:
         with self._lock:
             self._heard = []
         listed = {_key(run): _slim(run) for run in self.list_runs()}
+        for run in listed.values():
+            self.spec(run)
         with self._lock:
             for run, deleted in self._heard:  # heard while the listing was under way
                 _merge(listed, run, deleted)
@@ -88,13 +90,10 @@ class QueueSnapshot:
         for stale in [k for k in self._specs if k not in live]:
             del self._specs[stale]
 
-    def runs(self) -> list[dict[str, Any]]:
-        self._fresh()
-        with self._lock:
-            return list(self._runs.values())
-
-    def held(self) -> list[dict[str, Any]]:
-        """Every run as last heard or listed (no listing of its own)."""
+    def runs(self, relist: bool = True) -> list[dict[str, Any]]:
+        """Every run as last heard or listed; listed again first when the listing is stale, unless not ``relist``."""
+        if relist:
+            self._fresh()
         with self._lock:
             return list(self._runs.values())
 
@@ -114,6 +113,7 @@ class QueueSnapshot:
     def heard(self, run: dict[str, Any], deleted: bool = False) -> None:
         """A run as a watch event delivered it (never lists; safe from the event loop)."""
         key, run = _key(run), _slim(run)
+        self.spec(run)  # parsed (once per generation) before the lock, which admissions wait on
         with self._lock:
             _merge(self._runs, run, deleted)
             self._heard.append((run, deleted))
