@@ -75,25 +75,24 @@ def _split(spec: TrainingRunSpec) -> str:
     return f"{split.train / 100},{split.valid / 100},{split.test / 100}"
 
 
-def _s3_secret(which: str) -> Callable[[TrainingRunSpec], SecretKey | None]:
+def _secret_key(
+    ref_of: Callable[[TrainingRunSpec], Any], which: str, optional: bool = False
+) -> Callable[[TrainingRunSpec], SecretKey | None]:
+    """The Secret key named by the ``which`` field of the reference ``ref_of`` finds (None: no reference)."""
+
     def get(spec: TrainingRunSpec) -> SecretKey | None:
-        if spec.publish.s3 is None:
-            return None
-        ref = spec.publish.s3.credentials_secret_ref
-        return SecretKey(ref.name, getattr(ref, which))
+        ref = ref_of(spec)
+        return None if ref is None else SecretKey(ref.name, getattr(ref, which), optional)
 
     return get
 
 
-def _mlflow_secret(which: str) -> Callable[[TrainingRunSpec], SecretKey | None]:
-    def get(spec: TrainingRunSpec) -> SecretKey | None:
-        tracking = spec.tracking.mlflow
-        if tracking is None or tracking.credentials_secret_ref is None:
-            return None
-        ref = tracking.credentials_secret_ref
-        return SecretKey(ref.name, getattr(ref, which), optional=True)
+def _s3_credentials(spec: TrainingRunSpec) -> Any:
+    return spec.publish.s3.credentials_secret_ref if spec.publish.s3 is not None else None
 
-    return get
+
+def _mlflow_credentials(spec: TrainingRunSpec) -> Any:
+    return spec.tracking.mlflow.credentials_secret_ref if spec.tracking.mlflow is not None else None
 
 
 TRAINING_ENV: Final[tuple[Binding, ...]] = (
@@ -155,13 +154,13 @@ TRAINING_ENV: Final[tuple[Binding, ...]] = (
         "AWS_ACCESS_KEY_ID",
         None,
         ("publish.s3.credentials_secret_ref.name", "publish.s3.credentials_secret_ref.access_key_id_key"),
-        _s3_secret("access_key_id_key"),
+        _secret_key(_s3_credentials, "access_key_id_key"),
     ),
     Binding(
         "AWS_SECRET_ACCESS_KEY",
         None,
         ("publish.s3.credentials_secret_ref.secret_access_key_key",),
-        _s3_secret("secret_access_key_key"),
+        _secret_key(_s3_credentials, "secret_access_key_key"),
     ),
     _simple("TRACKING_MLFLOW_URI", "mlflow_uri", "tracking.mlflow.tracking_uri"),
     _simple("TRACKING_MLFLOW_EXPERIMENT", "mlflow_experiment", "tracking.mlflow.experiment_name"),
@@ -172,19 +171,19 @@ TRAINING_ENV: Final[tuple[Binding, ...]] = (
         "MLFLOW_TRACKING_USERNAME",
         None,
         ("tracking.mlflow.credentials_secret_ref.name", "tracking.mlflow.credentials_secret_ref.username_key"),
-        _mlflow_secret("username_key"),
+        _secret_key(_mlflow_credentials, "username_key", optional=True),
     ),
     Binding(
         "MLFLOW_TRACKING_PASSWORD",
         None,
         ("tracking.mlflow.credentials_secret_ref.password_key",),
-        _mlflow_secret("password_key"),
+        _secret_key(_mlflow_credentials, "password_key", optional=True),
     ),
     Binding(
         "MLFLOW_TRACKING_TOKEN",
         None,
         ("tracking.mlflow.credentials_secret_ref.token_key",),
-        _mlflow_secret("token_key"),
+        _secret_key(_mlflow_credentials, "token_key", optional=True),
     ),
 )
 
