@@ -13,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from azaion_devtools.cluster import annotationconsumer
 from azaion_devtools.processes import wait_until
+from tests.fixtures.kube import crd_without_bound
 from tests.fixtures.resources import assert_rejected_naming, with_spec_changes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator", "data_claim")]
@@ -350,3 +351,31 @@ def test_a_pod_no_node_can_run_is_named_in_available_with_one_event_until_the_sp
         lambda: status_of(api_client, namespace, "nowhere").get("phase") == "Running", 90, "Running after the fix"
     )
     assert condition(api_client, namespace, "nowhere", "Available")["status"] == "True"
+
+
+def test_a_stored_spec_the_operator_model_refuses_shows_as_a_condition(api_client, namespace, rabbitmq_secret):
+    with crd_without_bound(api_client, f"{PLURAL}.{GROUP}", ["spec", "rabbitmq", "port"], "maximum"):
+        body = annotationconsumer("legacy")
+        body["spec"]["rabbitmq"]["port"] = 70000
+
+        def stored() -> bool:
+            try:
+                create(api_client, namespace, body)
+                return True
+            except ApiException as error:  # the looser schema takes a moment to be served
+                if error.status != 422:
+                    raise
+                return False
+
+        wait_until(stored, 20, "the looser CRD to accept port 70000")
+    wait_until(
+        lambda: condition(api_client, namespace, "legacy", "Reconciled").get("reason") == "InvalidSpec",
+        20,
+        "the InvalidSpec condition",
+    )
+    reconciled = condition(api_client, namespace, "legacy", "Reconciled")
+    assert reconciled["status"] == "False"
+    assert "spec.rabbitmq.port: Input should be less than or equal to 65535" in reconciled["message"]
+    assert deployment(api_client, namespace, "legacy") is None
+    events = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
+    assert [e.reason for e in events if e.involved_object.name == "legacy"] == ["InvalidSpec"]

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from azaion_devtools.cluster import start_operator, trainingrun
 from azaion_devtools.processes import wait_until
-from tests.fixtures.kube import client_as_service_account
+from tests.fixtures.kube import client_as_service_account, crd_without_bound
 from tests.fixtures.resources import assert_rejected_naming, with_spec_changes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator", "data_claim")]
@@ -568,3 +568,46 @@ def test_the_trainers_mlflow_reports_become_the_tracking_condition(api_client, n
     release(api_client, namespace, "tracked")
     status = wait_phase(api_client, namespace, "tracked", "Succeeded")
     assert condition(status, "Tracking")["reason"] == "Logging"
+
+
+@pytest.fixture
+def looser_crd(api_client):
+    with crd_without_bound(api_client, f"{PLURAL}.{GROUP}", ["spec", "priority"], "maximum"):
+        yield
+
+
+def test_a_stored_spec_the_operator_model_refuses_shows_as_a_condition_not_a_retry_loop(
+    api_client, namespace, looser_crd, operator
+):
+    def reconcile_errors() -> float:
+        if operator is None:  # --external-operator: its metrics are not ours to read
+            return 0.0
+        for line in operator.metrics().splitlines():
+            if line.startswith('azaion_reconcile_errors_total{kind="TrainingRun"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    errors_before = reconcile_errors()
+
+    def stored() -> bool:
+        try:
+            create_run(api_client, namespace, run_body("legacy", resources={"gpus": 0}, priority=5000))
+            return True
+        except ApiException as error:  # the looser schema takes a moment to be served
+            if error.status != 422:
+                raise
+            return False
+
+    wait_until(stored, 20, "the looser CRD to accept priority 5000")
+
+    def progressing() -> dict[str, Any]:
+        return condition(status_of(api_client, namespace, "legacy"), "Progressing")
+
+    wait_until(lambda: progressing()["reason"] == "InvalidSpec", 20, "the InvalidSpec condition")
+    assert progressing()["status"] == "False"
+    assert "spec.priority: Input should be less than or equal to 1000" in progressing()["message"]
+    time.sleep(3)  # several resyncs: the refusal is said once, and nothing is retried hot
+    assert not jobs_of(api_client, namespace, "legacy")
+    events = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
+    assert [e.reason for e in events if e.involved_object.name == "legacy"] == ["InvalidSpec"]
+    assert reconcile_errors() == errors_before

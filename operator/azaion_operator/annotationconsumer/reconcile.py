@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from azaion_contract import LABEL_ANNOTATIONCONSUMER
 from azaion_contract.models.annotationconsumer import KIND, PLURAL, AnnotationConsumerSpec, AnnotationConsumerStatus
@@ -27,7 +28,7 @@ from azaion_operator.annotationconsumer.builders import (
 from azaion_operator.annotationconsumer.health import ChildProblem, assess, changed, reconciled
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit import kube
-from azaion_operator.kit.conditions import find_in
+from azaion_operator.kit.conditions import find_in, invalid_spec_message
 from azaion_operator.kit.pods import pod_problem
 
 Key = tuple[str, str]
@@ -75,8 +76,16 @@ def _ensure_children(namespace: str, name: str, config: OperatorConfig) -> None:
     if consumer is None or consumer["metadata"].get("deletionTimestamp"):
         return
     meta = consumer["metadata"]
-    spec = AnnotationConsumerSpec.model_validate(consumer["spec"])
-    problem = _missing_data_claim(namespace, spec) or _create_children(meta, spec, config)
+    try:
+        spec = AnnotationConsumerSpec.model_validate(consumer["spec"])
+    except ValidationError as error:  # stored before a stricter model: a condition, not a retry loop
+        problem: ChildProblem | None = ChildProblem(
+            "InvalidSpec",
+            f"the stored spec does not satisfy this operator's AnnotationConsumer model; fix it: "
+            f"{invalid_spec_message(error)}",
+        )
+    else:
+        problem = _missing_data_claim(namespace, spec) or _create_children(meta, spec, config)
     _schedule_retry((namespace, name), problem)
     if problem is not None:
         metrics.RECONCILE_BLOCKED.labels(KIND, problem.reason).inc()
@@ -135,7 +144,10 @@ def refresh_health(namespace: str, name: str) -> None:
         consumer = kube.get_resource(PLURAL, namespace, name)
         if consumer is None or consumer["metadata"].get("deletionTimestamp"):
             return
-        spec = AnnotationConsumerSpec.model_validate(consumer["spec"])
+        try:
+            spec = AnnotationConsumerSpec.model_validate(consumer["spec"])
+        except ValidationError:  # the Reconciled condition says why; there is no health to assess
+            return
         status = consumer.get("status") or {}
         deployment = kube.read_deployment(namespace, deployment_name(name))
         available = (find_in(deployment, "Available") or {}).get("status") == "True"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 
 def condition(kind: str, holds: bool, reason: str, message: str, now: str, generation: int) -> dict[str, Any]:
     return {
@@ -34,3 +36,16 @@ def keep_transition_times(new: list[dict[str, Any]], old: list[dict[str, Any]] |
         if before and before.get("status") == entry["status"] and before.get("reason") == entry["reason"]:
             entry["lastTransitionTime"] = before.get("lastTransitionTime", entry["lastTransitionTime"])
     return new
+
+
+def invalid_spec_message(error: ValidationError) -> str:
+    """What is wrong with a stored spec, field by field (``spec.training.epochs: ...``).
+
+    The API server checks every spec against the CRD's schema; a spec stored
+    before a stricter version of it (an upgrade) can still fail this operator's model.
+    """
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in ("spec", *item["loc"]))
+        problems.append(f"{where}: {str(item['msg']).removeprefix('Value error, ')}")
+    return "; ".join(problems)

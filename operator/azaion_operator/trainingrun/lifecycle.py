@@ -86,7 +86,7 @@ def needs_admission(
 
 
 # Reasons a Pending run is stuck rather than on its way.
-STUCK_REASONS = {"ImagePullBackOff", "CreateContainerConfigError", "Unschedulable", "ChildRejected"}
+STUCK_REASONS = {"ImagePullBackOff", "CreateContainerConfigError", "Unschedulable", "ChildRejected", "InvalidSpec"}
 
 
 #: The Tracking condition for each state the trainer reports in status.mlflow: (holds, reason).
@@ -416,6 +416,21 @@ def child_rejected(
         "Warning",
     )
     b.decision.set_status(rejected_generation=meta.get("generation", 1))
+    return b.decision
+
+
+def spec_refused(meta: dict[str, Any], status: dict[str, Any], problems: str, now: datetime) -> Decision | None:
+    """A stored spec this operator's model refuses: say which fields, once, and start nothing.
+
+    None when the run already says so (no write, no second Event); the next
+    change of the spec is looked at afresh.
+    """
+    message = f"the stored spec does not satisfy this operator's TrainingRun model; fix it: {problems}"
+    shown = find(status.get("conditions"), "Progressing") or {}
+    if status.get("phase") in TERMINAL or (shown.get("reason") == "InvalidSpec" and shown.get("message") == message):
+        return None  # a finished run has nothing left to start
+    b = _Builder(meta, status, now)
+    b.set_phase(Phase(status["phase"]) if status.get("phase") else Phase.PENDING, "InvalidSpec", message, "Warning")
     return b.decision
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from azaion_contract import LABEL_TRAININGRUN
 from azaion_contract.models.trainingrun import PLURAL, TrainingRunSpec, TrainingRunStatus
@@ -23,6 +24,7 @@ from azaion_contract.timefmt import now
 from azaion_operator import metrics
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit import kube
+from azaion_operator.kit.conditions import invalid_spec_message
 from azaion_operator.kit.names import job_name
 from azaion_operator.trainingrun import kueue
 from azaion_operator.trainingrun.builders import build_job, build_trainer_identity
@@ -38,6 +40,7 @@ from azaion_operator.trainingrun.lifecycle import (
     requeued,
     shown_position,
     simply_waiting,
+    spec_refused,
 )
 from azaion_operator.trainingrun.queue import Plan, free_gpus, plan
 from azaion_operator.trainingrun.snapshot import QueueSnapshot
@@ -218,8 +221,16 @@ def _reconcile_locked(namespace: str, name: str, config: OperatorConfig) -> Deci
     run = kube.get_resource(PLURAL, namespace, name)
     if run is None or run["metadata"].get("deletionTimestamp"):
         return None
-    spec = TrainingRunSpec.model_validate(run["spec"])
     status = run.get("status") or {}
+    try:
+        spec = TrainingRunSpec.model_validate(run["spec"])
+    except ValidationError as error:  # stored before a stricter model: a condition, not a retry loop
+        refused = spec_refused(run["metadata"], status, invalid_spec_message(error), now())
+        if refused is not None:
+            _write_status(namespace, name, refused.status)
+            _record(run, refused)
+        handled_generation[(namespace, name)] = run["metadata"].get("generation", 0)
+        return refused
     if status.get("rejectedGeneration") == run["metadata"].get("generation"):
         handled_generation[(namespace, name)] = run["metadata"]["generation"]
         return None  # refused by the API server; nothing changes until the spec does
