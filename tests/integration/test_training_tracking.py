@@ -110,6 +110,31 @@ def test_a_run_logs_epochs_artifacts_and_registers_its_published_model(
     assert len(client.search_runs([tracked["experimentId"]])) == 1
 
 
+def test_a_run_that_publishes_nothing_is_logged_and_its_mlflow_run_ended(
+    tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    experiment = f"exp-{os.urandom(4).hex()}"
+    run = Run(
+        tmp_path,
+        "local-only",
+        **QUIET,
+        TRACKING_MLFLOW_URI=mlflow_server.uri,
+        TRACKING_MLFLOW_EXPERIMENT=experiment,
+        EXPORT_ONNX="false",
+        NETGUARD_ALLOW=mlflow_server.host,
+    )
+    _dataset(run.root)
+    code, log = run.run("run.log")
+    assert code == 0, log[-4000:]
+    assert run.network_attempts() == ""
+    tracked = run.status()["mlflow"]
+    assert tracked["state"] == "Logged" and tracked["pending"] == 0
+    assert "modelVersion" not in tracked
+    mlrun = mlflow_server.client().get_run(tracked["runId"])
+    assert mlrun.info.status == "FINISHED"
+    assert [p.step for p in mlflow_server.client().get_metric_history(tracked["runId"], "box_loss")] == [1, 2]
+
+
 def test_a_tracking_server_that_is_down_leaves_training_unaffected(tmp_path: Path, s3_server: S3Server) -> None:
     nobody = f"127.0.0.1:{free_port()}"  # nothing listens there: every request is refused
     run, bucket = _published_run(tmp_path, s3_server, "untracked", allow=nobody, TRACKING_MLFLOW_URI=f"http://{nobody}")

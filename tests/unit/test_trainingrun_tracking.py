@@ -104,3 +104,10 @@ def test_a_run_without_mlflow_reports_has_no_tracking_condition():
     decision = decide(META, spec(), RUNNING, JOB, [RUNNING_POD], NOW, "img")
     assert tracking_of(decision.status) is None
     assert not tracking_stale(RUNNING)
+
+
+def test_a_run_that_published_nothing_is_logged_without_a_model_version():
+    status = {**RUNNING, "mlflow": {"state": "Logged", "runId": "r2"}}
+    shown = tracking_of(decide(META, spec(), status, JOB, [RUNNING_POD], NOW, "img").status)
+    assert shown["status"] == "True" and shown["reason"] == "Logged"
+    assert shown["message"] == "logged to MLflow run r2"

@@ -579,7 +579,8 @@ class MlflowStatus(StatusModel):
 
     state: Literal["Logging", "Retrying", "Logged"] | None = None
     """Logging: the server takes what the trainer sends; Retrying: it did not, and the trainer keeps what it
-    could not send and tries again (training goes on); Logged: everything, the model version included, is there."""
+    could not send and tries again (training goes on); Logged: everything (the model version too, when the run
+    published one) is there and the MLflow run is ended."""
     run_id: str | None = None
     """The MLflow run."""
     experiment_id: str | None = None

@@ -105,7 +105,8 @@ def tracking_condition(status: dict[str, Any], now: str, generation: int) -> dic
             f"while training goes on; last error: {reported.get('lastError', 'unknown')}"
         )
     elif reported["state"] == "Logged":
-        message = f"logged to MLflow run {reported.get('runId')}; model version {reported.get('modelVersion')}"
+        version = reported.get("modelVersion")
+        message = f"logged to MLflow run {reported.get('runId')}" + (f"; model version {version}" if version else "")
     else:
         message = f"logging to MLflow run {reported.get('runId') or '(being created)'}"
     return condition("Tracking", holds, reason, message, now, generation)

@@ -13,9 +13,10 @@ slow, or refuses the credentials) stays at the head of the queue and is tried
 again, with a growing pause, while training goes on. What the tracker does is
 reported in ``status.mlflow`` (and the operator turns it into the run's
 ``Tracking`` condition): ``Logging``, ``Retrying`` with the last error and how
-many records wait, ``Logged`` once everything, the model version included, is
-on the server. A record the server refuses for what it is (a parameter that
-changed between attempts) is dropped and counted, not retried forever.
+many records wait, ``Logged`` once everything, the model version included when
+the run published one, is on the server and the MLflow run is ended. A record
+the server refuses for what it is (a parameter that changed between attempts)
+is dropped and counted, not retried forever.
 
 The MLflow run is created once per TrainingRun and recorded in ``mlflow.json``
 in the run directory, so every attempt logs into the same MLflow run.
@@ -104,6 +105,8 @@ class MlflowTracker:
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.model_version: str | None = None
+        #: The MLflow run was ended (the last record of a run that finished).
+        self.finished = False
         self.failures = 0
         self.dropped = 0
         self.last_error: str | None = None
@@ -202,7 +205,7 @@ class MlflowTracker:
 
     def _report(self, force: bool = False) -> None:
         state = self.state
-        if not self._pending and state == "Logging" and self.model_version is not None:
+        if not self._pending and state == "Logging" and self.finished:
             state = "Logged"
         now = time.monotonic()
         if not force and state == self._reported_state and now - self._reported_at < REPORT_EVERY_SECONDS:
@@ -294,6 +297,7 @@ class MlflowTracker:
                 self._register(payload["source"], payload["tags"])
             elif record.kind == "finish":
                 client.set_terminated(run_id, payload["status"])
+                self.finished = True
         except Exception as error:
             if _refused(error):
                 raise _Rejected(_short(error)) from error
