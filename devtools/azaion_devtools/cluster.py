@@ -89,6 +89,14 @@ def apply_crds(cluster: Cluster) -> None:
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "-f", str(crd))
 
 
+#: The host operator runs on the operator image's packages: the Kubernetes client libraries
+#: the dev environment holds for tests cannot be imported (kopf would load them if present).
+OPERATOR_ENTRY = (
+    "import sys; sys.modules.update(dict.fromkeys(('kubernetes', 'kubernetes_asyncio', 'pykube'))); "
+    "from azaion_operator.main import main; main()"
+)
+
+
 def start_operator(cluster: Cluster, log_dir: Path, interval: float = 1.0) -> tuple[ManagedProcess, int]:
     health_port, metrics_port = free_port(), free_port()
     env = {
@@ -101,7 +109,7 @@ def start_operator(cluster: Cluster, log_dir: Path, interval: float = 1.0) -> tu
         [
             sys.executable,
             "-c",
-            "from azaion_operator.main import main; main()",
+            OPERATOR_ENTRY,
             "--metrics-port",
             str(metrics_port),
             "--liveness",

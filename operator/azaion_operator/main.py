@@ -14,6 +14,14 @@ from prometheus_client import start_http_server
 from azaion_contract import API_GROUP
 from azaion_operator import resync
 from azaion_operator.config import OperatorConfig
+from azaion_operator.kit import apiclient
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches and the operator's own calls log in the same way. Without this
+    handler kopf would import the official client (when installed) to log in."""
+    return apiclient.login()
 
 
 @kopf.on.startup()

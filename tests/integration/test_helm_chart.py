@@ -24,7 +24,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from azaion_devtools.cluster import REPO, Cluster, trainingrun
+from azaion_devtools.cluster import OPERATOR_ENTRY, REPO, Cluster, trainingrun
 from azaion_devtools.processes import ManagedProcess, free_port, wait_until
 from azaion_operator.annotationconsumer.builders import deployment_name, offset_claim_name
 from tests.fixtures.kube import prebound_volume
@@ -143,7 +143,7 @@ class ChartOperator:
         args = [a for a in container.args if not a.startswith(("--metrics-port", "--liveness"))]
         args += [f"--metrics-port={metrics}", f"--liveness=http://127.0.0.1:{health}/healthz"]
         self.process = ManagedProcess(
-            [sys.executable, "-c", "from azaion_operator.main import main; main()", *args],
+            [sys.executable, "-c", OPERATOR_ENTRY, *args],
             log_path=self.log_dir / f"operator-{health}.log",
             env={**self.cluster.env(), **env, "KUBECONFIG": str(kubeconfig)},
         )

@@ -392,25 +392,24 @@ def test_an_api_call_to_a_server_that_never_answers_times_out():
     import threading
     import time as clock
 
-    from kubernetes import client as k8s
+    import kopf
     from urllib3.exceptions import ReadTimeoutError
 
-    from azaion_operator.kit import kube
+    from azaion_operator.kit import apiclient
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     accepted: list[socket.socket] = []
     threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
-    configuration = k8s.Configuration(host=f"http://127.0.0.1:{listener.getsockname()[1]}")
-    configuration.retries = False
-    api = k8s.CoreV1Api(kube.BoundedApiClient(configuration))
-    saved, kube.REQUEST_TIMEOUT_SECONDS = kube.REQUEST_TIMEOUT_SECONDS, 0.5
+    server = kopf.ConnectionInfo(server=f"http://127.0.0.1:{listener.getsockname()[1]}")
+    api = apiclient.ApiClient(server, retries=False)
+    saved, apiclient.REQUEST_TIMEOUT_SECONDS = apiclient.REQUEST_TIMEOUT_SECONDS, 0.5
     raised: list[BaseException] = []
 
     def call() -> None:
         try:
-            api.list_node()
+            api.request("GET", "/api/v1/nodes")
         except Exception as error:
             raised.append(error)
 
@@ -420,7 +419,7 @@ def test_an_api_call_to_a_server_that_never_answers_times_out():
         caller.start()
         caller.join(timeout=10)  # without a bound the call would still be waiting
     finally:
-        kube.REQUEST_TIMEOUT_SECONDS = saved
+        apiclient.REQUEST_TIMEOUT_SECONDS = saved
         listener.close()
         for connection in accepted:
             connection.close()

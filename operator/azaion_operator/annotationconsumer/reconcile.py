@@ -12,7 +12,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from azaion_contract import LABEL_ANNOTATIONCONSUMER
@@ -28,6 +27,7 @@ from azaion_operator.annotationconsumer.builders import (
 from azaion_operator.annotationconsumer.health import ChildProblem, assess, changed, reconciled
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit import kube
+from azaion_operator.kit.apiclient import ApiError
 from azaion_operator.kit.conditions import find_in, invalid_spec_message
 from azaion_operator.kit.pods import pod_problem
 
@@ -125,7 +125,7 @@ def _create_children(meta: dict, spec: AnnotationConsumerSpec, config: OperatorC
             kube.create(current)  # an existing claim (and its offset) is reused
         current = deployment
         kube.apply_deployment(deployment)
-    except ApiException as error:
+    except ApiError as error:
         # 400/422: the object as built is invalid; 403: a policy (quota, admission) forbids it.
         if error.status not in (400, 403, 422):
             raise

@@ -15,7 +15,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from azaion_contract import LABEL_TRAININGRUN
@@ -24,6 +23,7 @@ from azaion_contract.timefmt import now
 from azaion_operator import metrics
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit import kube
+from azaion_operator.kit.apiclient import ApiError
 from azaion_operator.kit.conditions import invalid_spec_message
 from azaion_operator.kit.names import job_name
 from azaion_operator.trainingrun import kueue
@@ -279,7 +279,7 @@ def _apply(run: dict, spec: TrainingRunSpec, decision: Decision, config: Operato
         try:
             for obj in [*build_trainer_identity(meta), job]:
                 created = kube.create(obj)
-        except ApiException as error:
+        except ApiError as error:
             if error.status not in (400, 422):
                 raise
             _refused(run, obj["kind"], error)
@@ -313,7 +313,7 @@ def _record(run: dict, decision: Decision) -> None:
         kube.post_event(run, event_type, reason, message)
 
 
-def _refused(run: dict, kind: str, error: ApiException) -> None:
+def _refused(run: dict, kind: str, error: ApiError) -> None:
     """A child the API server will never accept as built: a condition and one Event, no hot retries."""
     meta = run["metadata"]
     decision = child_rejected(meta, run.get("status") or {}, kind, kube.api_message(error), now())
