@@ -180,6 +180,16 @@ def make_pki(pki: Path, host_address: str | None) -> str:
     openssl("x509", "-req", "-in", str(pki / "apiserver.csr"), "-CA", str(pki / "ca.crt"),
             "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "3650",
             "-out", str(pki / "apiserver.crt"), "-extfile", str(pki / "san.ext"))  # fmt: skip
+    # The front proxy: the identity the API server proxies requests to aggregated APIs
+    # (Kueue's visibility API) with, which those servers trust through its own CA.
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+            "-keyout", str(pki / "front-proxy-ca.key"), "-out", str(pki / "front-proxy-ca.crt"),
+            "-subj", "/CN=front-proxy-ca")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(pki / "front-proxy-client.key"),
+            "-out", str(pki / "front-proxy-client.csr"), "-subj", "/CN=front-proxy-client")  # fmt: skip
+    openssl("x509", "-req", "-in", str(pki / "front-proxy-client.csr"), "-CA", str(pki / "front-proxy-ca.crt"),
+            "-CAkey", str(pki / "front-proxy-ca.key"), "-CAcreateserial", "-days", "3650",
+            "-out", str(pki / "front-proxy-client.crt"))  # fmt: skip
     openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
     token = secrets.token_hex(24)
@@ -382,6 +392,18 @@ def audit_args() -> list[str]:
             "--audit-log-maxsize=200", "--audit-log-maxbackup=1"]  # fmt: skip
 
 
+def aggregation_args(pki: Path) -> list[str]:
+    """Aggregated APIs (Kueue's visibility API): the API server proxies to their endpoints
+    directly (no kube-proxy here), as the front proxy."""
+    return [f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+            "--enable-aggregator-routing=true"]  # fmt: skip
+
+
 def start_plane(bin_dir: Path, gpus: int, pvs: int, host: str | None) -> None:
     """The control plane; with ``host`` (the host address) also the real node."""
     ports = PORTS.named() | (PORTS.named_node() if host else {})
@@ -427,6 +449,7 @@ def start_plane(bin_dir: Path, gpus: int, pvs: int, host: str | None) -> None:
         "--allow-privileged=true",
         "--enable-admission-plugins=NodeRestriction,DefaultStorageClass,RuntimeClass,PodSecurity",
         "--event-ttl=1h",
+        *aggregation_args(pki),
         *audit_args(),
         *(api_server_node_args(node, host) if node and host else ["--bind-address=127.0.0.1",
                                                                   *advertise_address_args()]),

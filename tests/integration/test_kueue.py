@@ -133,6 +133,37 @@ def test_kueue_admits_by_its_quota_and_the_next_run_waits_in_kueue(api_client, n
     assert (status["attempts"], status["failures"], status["preemptions"]) == (1, 0, 0)
 
 
+WAITING = ("urgent", "early", "late")
+
+
+def test_queued_runs_show_their_place_from_kueues_visibility_api(api_client, namespace, local_queue):
+    """Kueue orders by priority, then arrival; each waiting run's status shows its place in the
+    ClusterQueue as Kueue's visibility API serves it, and the places move up as runs start."""
+    # As high as the urgent run, so that Kueue does not preempt it for that one.
+    create_run(api_client, namespace, _kueue_run("holder", f"high-{local_queue}", "workload"))
+    wait_phase(api_client, namespace, "holder", "Running")
+    for name, priority in (("early", None), ("late", None), ("urgent", f"high-{local_queue}")):
+        create_run(api_client, namespace, _kueue_run(name, priority, "workload"))
+        wait_phase(api_client, namespace, name, "Queued")
+
+    def places() -> dict[str, int | None]:
+        return {name: status_of(api_client, namespace, name).get("queuePosition") for name in WAITING}
+
+    wait_until(lambda: places() == {"urgent": 1, "early": 2, "late": 3}, 30, f"Kueue's places (now {places()})")
+    progressing = next(c for c in status_of(api_client, namespace, "late")["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "WaitingForKueue"
+    assert progressing["message"].endswith("(LocalQueue gpus; position 3 in its ClusterQueue)"), progressing
+
+    release(api_client, namespace, "holder")
+    status = wait_phase(api_client, namespace, "urgent", "Running", timeout=60)
+    assert status.get("queuePosition") is None, "an admitted run shows no place"
+    wait_until(lambda: places() == {"urgent": None, "early": 1, "late": 2}, 30, f"places to move up (now {places()})")
+    for name in WAITING:
+        wait_phase(api_client, namespace, name, "Running", timeout=60)
+        release(api_client, namespace, name)
+        wait_phase(api_client, namespace, name, "Succeeded")
+
+
 @pytest.mark.parametrize("kind", ["pod", "workload"])
 def test_a_higher_priority_run_preempts_and_the_victim_counts_a_preemption_and_resumes(
     api_client, namespace, local_queue, kind

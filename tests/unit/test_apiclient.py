@@ -170,3 +170,28 @@ def test_the_operator_runs_without_the_kubernetes_client_libraries() -> None:
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_listing_is_read_page_by_page_without_managed_fields(
+    server: FakeApiServer, client: apiclient.ApiClient
+) -> None:
+    def run(name: str) -> dict:
+        return {"metadata": {"name": name, "managedFields": [{"manager": "kubectl"}]}}
+
+    server.answers = [
+        (200, {"items": [run("a"), run("b")], "metadata": {"continue": "t1"}}),
+        (410, {"kind": "Status", "reason": "Expired"}),  # compacted meanwhile: start over
+        (200, {"items": [run("a"), run("b")], "metadata": {"continue": "t2"}}),
+        (200, {"items": [run("c")], "metadata": {}}),
+    ]
+    listed = kube.list_resources("trainingruns", page=2)
+    assert listed == [{"metadata": {"name": name}} for name in "abc"]
+    base = "/apis/ai.azaion.com/v1alpha1/trainingruns?limit=2"
+    assert [s.path for s in server.seen] == [base, f"{base}&continue=t1", base, f"{base}&continue=t2"]
+
+
+def test_a_refused_first_page_is_an_error(server: FakeApiServer, client: apiclient.ApiClient) -> None:
+    server.answers = [(410, {"kind": "Status", "reason": "Expired"})]
+    with pytest.raises(apiclient.ApiError):
+        kube.list_resources("trainingruns")
+    assert len(server.seen) == 1

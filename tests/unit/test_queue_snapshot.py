@@ -86,12 +86,12 @@ def test_nodes_and_foreign_pods_are_listed_again_after_a_second_without_listing_
 def test_a_run_admitted_a_moment_ago_holds_its_gpu_before_the_next_listing() -> None:
     lists, clock = Lists([run("first"), run("second-later")]), Clock()
     shot = snapshot(lists, clock)
-    waiting, reserved = line_up(shot.runs(), None, shot.spec)
+    waiting, reserved = line_up(shot.runs(), None, shot.terms)
     assert plan(waiting, free_gpus(shot.nodes(), shot.foreign_pods(), reserved)).admitted == [("ml", "first")]
 
     shot.saw(run("first", "Pending", version=7, job="first-a1"))  # the admission's own status write
     shot.saw(run("first", version=3))  # an older read arriving late changes nothing
-    waiting, reserved = line_up(shot.runs(), ("ml", "second-later"), shot.spec)
+    waiting, reserved = line_up(shot.runs(), ("ml", "second-later"), shot.terms)
     decision = plan(waiting, free_gpus(shot.nodes(), shot.foreign_pods(), reserved))
     assert reserved == 1 and decision.admitted == [] and decision.positions == {("ml", "second-later"): 1}
     assert lists.calls == 1
@@ -102,21 +102,21 @@ def test_a_run_created_after_the_listing_is_in_line_once_it_asks() -> None:
     shot = snapshot(lists, clock)
     shot.runs()
     shot.saw(run("newcomer"))
-    waiting, reserved = line_up(shot.runs(), ("ml", "newcomer"), shot.spec)
+    waiting, reserved = line_up(shot.runs(), ("ml", "newcomer"), shot.terms)
     assert [w.key for w in waiting] == [("ml", "newcomer")] and reserved == 1
 
 
 def test_a_spec_is_parsed_once_per_generation() -> None:
     lists, clock = Lists([run("a")]), Clock()
     shot = snapshot(lists, clock)
-    first = shot.spec(shot.runs()[0])
-    assert shot.spec(run("a", "Queued", version=9)) is first  # a status write: same generation
+    first = shot.terms(shot.runs()[0])
+    assert shot.terms(run("a", "Queued", version=9)) is first  # a status write: same generation
     changed = run("a", version=10, generation=2)
     changed["spec"]["priority"] = 5
-    assert shot.spec(changed).priority == 5
+    assert shot.terms(changed).priority == 5
     broken = run("broken")
     broken["spec"]["training"] = {"epochs": 0}
-    assert shot.spec(broken) is None
+    assert shot.terms(broken) is None
 
 
 @pytest.mark.parametrize(
@@ -156,7 +156,7 @@ def test_runs_heard_from_the_watch_join_the_line_in_order_before_either_is_recon
     shot.heard(run("late-but-asking-first", version=6))
     shot.saw(run("late-but-asking-first", version=6))
     clock.now += 0.5
-    waiting, _ = line_up(shot.runs(), ("ml", "late-but-asking-first"), shot.spec)
+    waiting, _ = line_up(shot.runs(), ("ml", "late-but-asking-first"), shot.terms)
     line = plan(waiting, free_gpus=0)
     assert line.positions == {("ml", "early"): 1, ("ml", "late-but-asking-first"): 2}
 
@@ -224,7 +224,7 @@ def test_the_kept_line_is_what_a_pass_over_every_run_gives(seed: int) -> None:
             shot.heard(body)
         for asking in (None, ("ml", rng.choice(names))):
             waiting, held = shot.line(asking)
-            expected_waiting, expected_held = line_up(shot.runs(), asking, shot.spec)
+            expected_waiting, expected_held = line_up(shot.runs(), asking, shot.terms)
             assert held == expected_held, step
             assert sorted(w.key for w in waiting) == sorted(w.key for w in expected_waiting), step
 

@@ -45,6 +45,11 @@ def _get_or_none(path: str) -> dict[str, Any] | None:
         raise
 
 
+def get(path: str) -> dict[str, Any]:
+    """Any API path, read as it is (for APIs without a collection here, such as Kueue's visibility API)."""
+    return api_client().request("GET", path)
+
+
 def get_resource(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     return _get_or_none(_ours(plural, namespace, name))
 
@@ -57,9 +62,38 @@ def manages(namespace: str) -> bool:
     return not WATCHED_NAMESPACES or namespace in WATCHED_NAMESPACES
 
 
-def list_resources(plural: str) -> list[dict[str, Any]]:
-    """Every resource of ``plural`` in the cluster (the GPU queue spans namespaces)."""
-    return api_client().request("GET", _ours(plural))["items"]
+#: How many resources one page of a listing holds.
+LIST_PAGE = 250
+
+
+def list_resources(plural: str, page: int = LIST_PAGE) -> list[dict[str, Any]]:
+    """Every resource of ``plural`` in the cluster (the GPU queue spans namespaces), without
+    their managedFields, which the operator never reads and which are most of a run's size.
+
+    Read a page at a time, each page trimmed before the next is read: a thousand runs in
+    one response would be tens of megabytes held at once. The pages are one consistent
+    listing; when the API server has compacted it away (410), the listing starts over.
+    """
+    items: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        query = {"limit": str(page), **({"continue": token} if token else {})}
+        try:
+            body = api_client().request("GET", _ours(plural), query)
+        except ApiError as error:
+            if error.status != 410 or not token:
+                raise
+            items, token = [], ""
+            continue
+        items.extend(_without_managed_fields(item) for item in body["items"])
+        token = (body.get("metadata") or {}).get("continue") or ""
+        if not token:
+            return items
+
+
+def _without_managed_fields(item: dict[str, Any]) -> dict[str, Any]:
+    (item.get("metadata") or {}).pop("managedFields", None)
+    return item
 
 
 def list_managed(plural: str) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from azaion_contract.timefmt import now, parse_rfc3339_or_none
 from azaion_operator import metrics, resync
 from azaion_operator.config import OperatorConfig
 from azaion_operator.trainingrun import reconcile as controller
-from azaion_operator.trainingrun.lifecycle import TERMINAL, tracking_stale, ttl_expired
+from azaion_operator.trainingrun.lifecycle import TERMINAL, simply_waiting, tracking_stale, ttl_expired
 from azaion_operator.trainingrun.outcomes import is_disrupted
 from azaion_operator.trainingrun.runmetrics import RunCollector
 
@@ -108,9 +108,8 @@ def _due(run: dict[str, Any], monotonic_now: float) -> bool:
     if retry_at is not None and retry_at <= now():
         return True
     if status.get("phase") == Phase.QUEUED:
-        # The built-in queue's runs (they show a place in line) move by its plan;
-        # Kueue's are looked at every time.
-        return status.get("queuePosition") is None
+        # The built-in queue's runs move by its plan; Kueue's are looked at every time.
+        return not simply_waiting(meta, status)
     return since > SAFETY_NET_SECONDS
 
 

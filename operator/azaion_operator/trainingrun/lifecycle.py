@@ -35,10 +35,13 @@ class Admission:
 
 @dataclass(frozen=True)
 class KueueView:
-    """A Kueue-queued run: its LocalQueue, and how often Kueue preempted the current attempt's Job."""
+    """A Kueue-queued run: its LocalQueue, how often Kueue preempted the current attempt's Job,
+    and the Job's place in its ClusterQueue while it waits (None where Kueue's visibility API
+    does not say)."""
 
     queue: str
     preemptions: int = 0
+    position: int | None = None
 
 
 @dataclass
@@ -472,8 +475,10 @@ def _while_running(
         return b.finish()
     problem = pod_problem(pods)
     if kueue is not None and kueue_suspended(job) and not any(_live(p) for p in pods):
-        b.decision.set_status(queue_position=None)
-        waits = f"attempt {attempts} waits for Kueue to admit it (LocalQueue {kueue.queue})"
+        shown = None if kueue.position is None else shown_position(kueue.position, status.get("queuePosition"))
+        b.decision.set_status(queue_position=shown)
+        place = "" if shown is None else f"; position {shown} in its ClusterQueue"
+        waits = f"attempt {attempts} waits for Kueue to admit it (LocalQueue {kueue.queue}{place})"
         b.set_phase(Phase.QUEUED, "WaitingForKueue", waits)
     elif problem:
         b.set_phase(Phase.PENDING, problem[0], problem[1], "Warning")

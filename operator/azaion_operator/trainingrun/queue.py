@@ -72,15 +72,31 @@ def plan(waiting: Iterable[Waiting], free_gpus: int) -> Plan:
     return Plan(admitted=admitted, positions=positions)
 
 
-def parse_spec(run: dict[str, Any]) -> TrainingRunSpec | None:
+@dataclass(frozen=True)
+class QueueTerms:
+    """What the queue needs of a run's spec: a thousand of these are kept, not parsed specs."""
+
+    gpus: int
+    priority: int
+    suspend: bool
+    #: Named a LocalQueue: Kueue admits it, the built-in queue never does.
+    kueue: bool
+
+    @classmethod
+    def of(cls, spec: TrainingRunSpec) -> QueueTerms:
+        return cls(spec.resources.gpus, spec.priority, spec.suspend, bool(spec.queue_name))
+
+
+def parse_terms(run: dict[str, Any]) -> QueueTerms | None:
+    """The run's queue terms; None when its spec does not validate."""
     try:
-        return TrainingRunSpec.model_validate(run["spec"])
+        return QueueTerms.of(TrainingRunSpec.model_validate(run["spec"]))
     except ValueError:
         return None
 
 
-def place_of(run: dict[str, Any], spec: TrainingRunSpec | None) -> Place:
-    """Where ``run`` (with its parsed ``spec``; None when it does not validate) stands.
+def place_of(run: dict[str, Any], terms: QueueTerms | None) -> Place:
+    """Where ``run`` (with its queue ``terms``; None when its spec does not validate) stands.
 
     A run with an attempt under way (or between attempts, in retry backoff)
     holds its GPUs. Suspended and finished runs neither wait nor hold; CPU
@@ -88,14 +104,14 @@ def place_of(run: dict[str, Any], spec: TrainingRunSpec | None) -> Place:
     validate, nor one that Kueue admits.
     """
     meta, status = run["metadata"], run.get("status") or {}
-    if meta.get("deletionTimestamp") or spec is None or spec.resources.gpus == 0:
+    if meta.get("deletionTimestamp") or terms is None or terms.gpus == 0:
         return NOWHERE
     if status.get("phase") in _FINISHED:
         return NOWHERE
-    gpus = spec.resources.gpus
+    gpus = terms.gpus
     entry = None
-    if not spec.suspend and not spec.queue_name:
-        entry = Waiting((meta["namespace"], meta["name"]), spec.priority, meta["creationTimestamp"], gpus)
+    if not terms.suspend and not terms.kueue:
+        entry = Waiting((meta["namespace"], meta["name"]), terms.priority, meta["creationTimestamp"], gpus)
     active = status.get("phase") in (Phase.PENDING, Phase.RUNNING) and status.get("jobName")
     return Place(entry, gpus if active else 0)
 
@@ -103,14 +119,14 @@ def place_of(run: dict[str, Any], spec: TrainingRunSpec | None) -> Place:
 def line_up(
     runs: Iterable[dict[str, Any]],
     asking: Key | None,
-    spec_of: Callable[[dict[str, Any]], TrainingRunSpec | None] = parse_spec,
+    terms_of: Callable[[dict[str, Any]], QueueTerms | None] = parse_terms,
 ) -> tuple[list[Waiting], int]:
     """The GPU runs waiting for admission, and the GPUs the others hold (see :func:`place_of`);
     the run asking now does not count against itself."""
     waiting: list[Waiting] = []
     reserved = 0
     for run in runs:
-        place = place_of(run, spec_of(run))
+        place = place_of(run, terms_of(run))
         key = (run["metadata"]["namespace"], run["metadata"]["name"])
         if place.holds and key != asking:
             reserved += place.holds

@@ -68,6 +68,9 @@ _snapshot = QueueSnapshot(
     list_foreign_pods=lambda: kube.list_pods(None, f"!{LABEL_TRAININGRUN}"),
 )
 
+#: Kueue's places in line of the Kueue-queued runs' Jobs, one read per LocalQueue and second.
+_kueue_positions = kueue.PendingPositions(fetch=kube.get)
+
 
 def heard(event_type: str | None, run: dict) -> None:
     """A TrainingRun event, as the watch delivered it: the queue knows of the run from now on."""
@@ -189,10 +192,10 @@ def show_places(places: dict[Key, int]) -> None:
             continue
         try:
             run = _snapshot.run(key)
-            spec = _snapshot.spec(run) if run is not None else None
-            if run is None or spec is None or not simply_waiting(run["metadata"], run.get("status") or {}):
+            terms = _snapshot.terms(run) if run is not None else None
+            if run is None or terms is None or not simply_waiting(run["metadata"], run.get("status") or {}):
                 continue
-            patch = requeued(run["metadata"], run.get("status") or {}, spec.resources.gpus, position, now())
+            patch = requeued(run["metadata"], run.get("status") or {}, terms.gpus, position, now())
             if patch is None:
                 continue
             written = _write_status(key[0], key[1], patch, run["metadata"].get("resourceVersion", ""))
@@ -214,7 +217,8 @@ def _kueue_view(spec: TrainingRunSpec, config: OperatorConfig, job: dict | None)
     meta = job["metadata"]
     selector = f"{kueue.JOB_UID_LABEL}={meta['uid']}"
     workloads = kube.list_custom(kueue.GROUP, kueue.VERSION, kueue.WORKLOADS, meta["namespace"], selector)
-    return KueueView(queue, kueue.preemptions(workloads))
+    position = _kueue_positions.of(meta["namespace"], queue, meta["uid"]) if kueue.suspended(job) else None
+    return KueueView(queue, kueue.preemptions(workloads), position)
 
 
 def _reconcile_locked(namespace: str, name: str, config: OperatorConfig) -> Decision | None:

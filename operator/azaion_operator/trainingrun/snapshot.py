@@ -18,8 +18,9 @@ of a run the later one is kept.
 
 Admissions read it under the admission lock; events arrive from kopf's event
 loop, so the runs are guarded by a lock of their own, held only for dict
-operations. A spec is parsed once per ``(uid, generation)``: status writes
-and the trainer's progress reports change neither.
+operations. A spec is parsed once per ``(uid, generation)``, and only its
+queue terms are kept: status writes and the trainer's progress reports
+change neither.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from azaion_contract.models.trainingrun import TrainingRunSpec
-from azaion_operator.trainingrun.queue import NOWHERE, Place, Waiting, place_of
+from azaion_operator.trainingrun.queue import NOWHERE, Place, QueueTerms, Waiting, parse_terms, place_of
 
 #: How stale the listing of nodes and foreign GPU pods may be (seconds).
 MAX_AGE_SECONDS = 1.0
@@ -58,7 +58,7 @@ class QueueSnapshot:
     _pods: list[dict[str, Any]] = field(default_factory=list)
     _taken: float | None = None
     _runs_taken: float | None = None
-    _specs: dict[tuple[str, int], TrainingRunSpec | None] = field(default_factory=dict)
+    _terms: dict[tuple[str, int], QueueTerms | None] = field(default_factory=dict)
     #: Each run's place in the queue, kept as runs change (a plan then costs a sort, not a
     #: pass over every run): the places, the runs in line, and the GPUs held in all.
     _places: dict[Key, Place] = field(default_factory=dict)
@@ -77,7 +77,7 @@ class QueueSnapshot:
             self._heard = []
         listed = {_key(run): _slim(run) for run in self.list_runs()}
         for run in listed.values():
-            self.spec(run)
+            self.terms(run)
         with self._lock:
             for run, deleted in self._heard:  # heard while the listing was under way
                 _merge(listed, run, deleted)
@@ -87,8 +87,8 @@ class QueueSnapshot:
                 self._place(key, run)
         self._runs_taken = self.clock()
         live = {(r["metadata"].get("uid", ""), r["metadata"].get("generation", 0)) for r in listed.values()}
-        for stale in [k for k in self._specs if k not in live]:
-            del self._specs[stale]
+        for stale in [k for k in self._terms if k not in live]:
+            del self._terms[stale]
 
     def runs(self, relist: bool = True) -> list[dict[str, Any]]:
         """Every run as last heard or listed; listed again first when the listing is stale, unless not ``relist``."""
@@ -113,7 +113,7 @@ class QueueSnapshot:
     def heard(self, run: dict[str, Any], deleted: bool = False) -> None:
         """A run as a watch event delivered it (never lists; safe from the event loop)."""
         key, run = _key(run), _slim(run)
-        self.spec(run)  # parsed (once per generation) before the lock, which admissions wait on
+        self.terms(run)  # parsed (once per generation) before the lock, which admissions wait on
         with self._lock:
             _merge(self._runs, run, deleted)
             self._heard.append((run, deleted))
@@ -137,7 +137,7 @@ class QueueSnapshot:
         old = self._places.pop(key, NOWHERE)
         self._held -= old.holds
         self._in_line.pop(key, None)
-        place = NOWHERE if run is None else place_of(run, self.spec(run))
+        place = NOWHERE if run is None else place_of(run, self.terms(run))
         if place == NOWHERE:
             return
         self._places[key] = place
@@ -150,16 +150,13 @@ class QueueSnapshot:
         self._fresh()
         self.heard(run)
 
-    def spec(self, run: dict[str, Any]) -> TrainingRunSpec | None:
-        """The run's parsed spec; None when it does not validate (such a run neither waits nor holds)."""
+    def terms(self, run: dict[str, Any]) -> QueueTerms | None:
+        """The run's queue terms; None when its spec does not validate (such a run neither waits nor holds)."""
         meta = run["metadata"]
         key = (meta.get("uid", ""), meta.get("generation", 0))
-        if key not in self._specs:
-            try:
-                self._specs[key] = TrainingRunSpec.model_validate(run["spec"])
-            except ValueError:
-                self._specs[key] = None
-        return self._specs[key]
+        if key not in self._terms:
+            self._terms[key] = parse_terms(run)
+        return self._terms[key]
 
 
 def _merge(runs: dict[Key, dict[str, Any]], run: dict[str, Any], deleted: bool) -> None:
