@@ -7,6 +7,7 @@ ClusterQueue with a quota of one GPU; pods are played by kwok
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -143,13 +144,14 @@ def test_queued_runs_show_their_place_from_kueues_visibility_api(api_client, nam
     create_run(api_client, namespace, _kueue_run("holder", f"high-{local_queue}", "workload"))
     wait_phase(api_client, namespace, "holder", "Running")
     for name, priority in (("early", None), ("late", None), ("urgent", f"high-{local_queue}")):
+        time.sleep(1.1)  # Kueue orders by creation time, which the API server keeps to the second
         create_run(api_client, namespace, _kueue_run(name, priority, "workload"))
         wait_phase(api_client, namespace, name, "Queued")
 
     def places() -> dict[str, int | None]:
         return {name: status_of(api_client, namespace, name).get("queuePosition") for name in WAITING}
 
-    wait_until(lambda: places() == {"urgent": 1, "early": 2, "late": 3}, 30, f"Kueue's places (now {places()})")
+    wait_until(lambda: places() == {"urgent": 1, "early": 2, "late": 3}, 30, "Kueue's places in line")
     progressing = next(c for c in status_of(api_client, namespace, "late")["conditions"] if c["type"] == "Progressing")
     assert progressing["reason"] == "WaitingForKueue"
     assert progressing["message"].endswith("(LocalQueue gpus; position 3 in its ClusterQueue)"), progressing
@@ -157,7 +159,7 @@ def test_queued_runs_show_their_place_from_kueues_visibility_api(api_client, nam
     release(api_client, namespace, "holder")
     status = wait_phase(api_client, namespace, "urgent", "Running", timeout=60)
     assert status.get("queuePosition") is None, "an admitted run shows no place"
-    wait_until(lambda: places() == {"urgent": None, "early": 1, "late": 2}, 30, f"places to move up (now {places()})")
+    wait_until(lambda: places() == {"urgent": None, "early": 1, "late": 2}, 30, "the places to move up")
     for name in WAITING:
         wait_phase(api_client, namespace, name, "Running", timeout=60)
         release(api_client, namespace, name)

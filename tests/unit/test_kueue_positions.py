@@ -116,3 +116,10 @@ def test_a_queued_runs_status_shows_kueues_place_and_far_back_places_move_in_ste
     assert waiting(None, shown=3)["queuePosition"] is None, "no place where Kueue does not say"
     assert waiting(95, shown=100)["queuePosition"] == 100, "far back, the shown place stays until 25% away"
     assert waiting(70, shown=100)["queuePosition"] == 70
+
+
+def test_a_run_kueue_admits_shows_no_place_any_more():
+    admitted = {"metadata": {"name": "run-a1"}, "spec": {"suspend": False}, "status": {}}
+    status = {**RUNNING_STATUS, "queuePosition": 1}
+    decision = decide(META, spec(queueName="gpus"), status, admitted, [], NOW, "img", kueue=KueueView("gpus"))
+    assert decision.status["phase"] != "Queued" and decision.status["queuePosition"] is None

@@ -167,6 +167,8 @@ class _Builder:
             observed_generation=generation,
             conditions=keep_transition_times(conditions, self.old.get("conditions")),
         )
+        if phase != Phase.QUEUED and self.old.get("queuePosition") is not None:
+            self.decision.set_status(queue_position=None)  # only a run in line shows a place
         old_progressing = find(self.old.get("conditions"), "Progressing") or {}
         if self.old.get("phase") != phase.value or old_progressing.get("reason") != reason:
             self.decision.events.append((event_type, reason, message))
