@@ -7,6 +7,7 @@ ClusterQueue with a quota of one GPU; pods are played by kwok
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from azaion_devtools.cluster import KWOK_NODE_ANNOTATION
 from azaion_devtools.processes import wait_until
 from tests.integration.test_trainingrun_operator import (
     HOLD,
@@ -43,6 +45,13 @@ def _create(api_client, plural: str, body: dict[str, Any], namespace: str | None
 @pytest.fixture
 def local_queue(api_client, namespace: str) -> Iterator[str]:
     """A LocalQueue in the test's namespace, on a ClusterQueue of one GPU that preempts lower priorities."""
+    with _queues(api_client, namespace, gpus=1) as suffix:
+        yield suffix
+
+
+@contextlib.contextmanager
+def _queues(api_client, namespace: str, gpus: int) -> Iterator[str]:
+    """The LocalQueue ``gpus`` in ``namespace`` on a ClusterQueue of ``gpus`` GPUs, and two priorities."""
     suffix = uuid.uuid4().hex[:6]
     flavor, cluster_queue = f"gpu-{suffix}", f"gpus-{suffix}"
     _create(
@@ -51,7 +60,7 @@ def local_queue(api_client, namespace: str) -> Iterator[str]:
         {"apiVersion": "/".join(KUEUE), "kind": "ResourceFlavor", "metadata": {"name": flavor}},
     )
     resources = [
-        {"name": "nvidia.com/gpu", "nominalQuota": 1},
+        {"name": "nvidia.com/gpu", "nominalQuota": gpus},
         {"name": "cpu", "nominalQuota": 64},
         {"name": "memory", "nominalQuota": "512Gi"},
     ]
@@ -87,8 +96,14 @@ def local_queue(api_client, namespace: str) -> Iterator[str]:
         # Kueue's own priorities: the same names, for workloads only.
         wpc = {"apiVersion": "/".join(KUEUE), "kind": "WorkloadPriorityClass", "metadata": {"name": name}}
         _create(api_client, "workloadpriorityclasses", {**wpc, "value": value})
-    yield suffix
-    api = client.CustomObjectsApi(api_client)
+    try:
+        yield suffix
+    finally:
+        _delete_queues(api_client, suffix, flavor, cluster_queue)
+
+
+def _delete_queues(api_client, suffix: str, flavor: str, cluster_queue: str) -> None:
+    scheduling, api = client.SchedulingV1Api(api_client), client.CustomObjectsApi(api_client)
     for name in (f"low-{suffix}", f"high-{suffix}"):
         scheduling.delete_priority_class(name)
         api.delete_cluster_custom_object(*KUEUE, "workloadpriorityclasses", name)
@@ -213,6 +228,61 @@ def test_deleting_a_queued_run_deletes_its_job_and_kueue_forgets_it(api_client, 
     wait_until(lambda: len(workloads()) == 1, 30, "Kueue to drop the Job's Workload")
     release(api_client, namespace, "holder")
     wait_phase(api_client, namespace, "holder", "Succeeded")
+
+
+@pytest.fixture
+def gpu_nodes(api_client) -> Iterator[list[str]]:
+    """Two more kwok GPU nodes of 2 GPUs each, beside the plane's node of one."""
+    core = client.CoreV1Api(api_client)
+    names = [f"kq-gpu-{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
+    resources = {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "2"}
+    for name in names:
+        labels = {"kubernetes.io/hostname": name, "type": "kwok", "nvidia.com/gpu.present": "true"}
+        body = {
+            "metadata": {"name": name, "labels": labels, "annotations": {KWOK_NODE_ANNOTATION: "fake"}},
+            "status": {"capacity": resources, "allocatable": resources},
+        }
+        core.create_node(body)
+    wait_until(
+        lambda: all(
+            any(c.type == "Ready" and c.status == "True" for c in core.read_node(n).status.conditions or [])
+            for n in names
+        ),
+        30,
+        "the kwok GPU nodes to be Ready",
+    )
+    yield names
+    for name in names:
+        core.delete_node(name)
+
+
+def test_kueue_admits_runs_up_to_its_quota_across_gpu_nodes_each_run_on_one_node(api_client, namespace, gpu_nodes):
+    """A ClusterQueue of 4 GPUs over three nodes (1, 2 and 2 GPUs): two 2-GPU runs start at
+    once, each with its 2 GPUs on one node of its own; a third run waits for quota, not for a node."""
+    with _queues(api_client, namespace, gpus=4):
+        for name, gpus in (("a", 2), ("b", 2), ("c", 1)):
+            body = _kueue_run(name)
+            body["spec"]["resources"]["gpus"] = gpus
+            create_run(api_client, namespace, body)
+        for name in ("a", "b"):
+            wait_phase(api_client, namespace, name, "Running", timeout=60)
+        status = wait_phase(api_client, namespace, "c", "Queued")
+        progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+        assert progressing["reason"] == "WaitingForKueue", progressing
+        placed = {}
+        for name in ("a", "b"):
+            (pod,) = pods_of(api_client, namespace, name)
+            (container,) = [c for c in pod.spec.containers if c.resources.limits.get("nvidia.com/gpu")]
+            assert container.resources.limits["nvidia.com/gpu"] == "2"
+            placed[name] = pod.spec.node_name
+        assert set(placed.values()) == set(gpu_nodes), f"one 2-GPU node each, never the 1-GPU one: {placed}"
+
+        release(api_client, namespace, "a")
+        wait_phase(api_client, namespace, "a", "Succeeded")
+        wait_phase(api_client, namespace, "c", "Running", timeout=60)
+        for name in ("b", "c"):
+            release(api_client, namespace, name)
+            wait_phase(api_client, namespace, name, "Succeeded")
 
 
 def test_the_charts_default_queue_admits_a_run(api_client, cluster, namespace):
