@@ -32,9 +32,11 @@ def resync_once(config: OperatorConfig) -> None:
         phases[status.get("phase") or "Pending"] += 1
         try:
             blocked = (find(status.get("conditions"), RECONCILED) or {}).get("status") == "False"
+            # Children again only while blocked and due (the cause may be gone); health always.
             if blocked and controller.retry_due(meta["namespace"], meta["name"]):
-                controller.apply_spec(meta["namespace"], meta["name"], config)  # the cause may be gone
-            controller.refresh_health(meta["namespace"], meta["name"])
+                controller.reconcile(meta["namespace"], meta["name"], config)
+            else:
+                controller.refresh_health(meta["namespace"], meta["name"])
         except Exception:
             metrics.RECONCILE_ERRORS.labels("AnnotationConsumer").inc()
             log.exception("health refresh of %s failed", meta["name"])
@@ -47,8 +49,7 @@ def resync_once(config: OperatorConfig) -> None:
 @kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec")
 def on_consumer_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     with metrics.RECONCILE_SECONDS.labels("AnnotationConsumer").time():
-        controller.apply_spec(namespace, name, memo.config)
-        controller.refresh_health(namespace, name)
+        controller.reconcile(namespace, name, memo.config)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_ANNOTATIONCONSUMER: kopf.PRESENT})

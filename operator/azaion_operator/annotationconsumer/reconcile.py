@@ -1,7 +1,8 @@
 """One AnnotationConsumer reconcile: its children as specified, its health from what it reports.
 
-Both read fresh state from the API server and are serialised per consumer,
-so a replayed or missed event changes nothing.
+A reconcile reads fresh state from the API server, is serialised per
+consumer and writes its status once, so a replayed or missed event changes
+nothing and no reader sees half of one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from azaion_operator.annotationconsumer.builders import (
     deployment_name,
     offset_claim_name,
 )
-from azaion_operator.annotationconsumer.health import ChildProblem, assess, changed, reconciled
+from azaion_operator.annotationconsumer.health import ChildProblem, Health, assess, changed, reconciled
 from azaion_operator.config import OperatorConfig
 from azaion_operator.kit import kube
 from azaion_operator.kit.apiclient import ApiError
@@ -48,10 +49,36 @@ def forget_except(present: Iterable[Key]) -> None:
         del _retries[key]
 
 
-def apply_spec(namespace: str, name: str, config: OperatorConfig) -> None:
-    """The children as the spec says, serialised with the health checks."""
+def reconcile(namespace: str, name: str, config: OperatorConfig) -> None:
+    """The children as the spec says, then phase and conditions from what they report, in one
+    status write: a reader never sees the Reconciled condition of one reconcile beside the
+    phase of another."""
+    _reconcile(namespace, name, config)
+
+
+def refresh_health(namespace: str, name: str) -> None:
+    """Phase and conditions only (the children stay as they are)."""
+    _reconcile(namespace, name, None)
+
+
+def _reconcile(namespace: str, name: str, config: OperatorConfig | None) -> None:
+    """Serialised per consumer; writes (and posts Events) only when something changed."""
     with _locks[(namespace, name)]:
-        _ensure_children(namespace, name, config)
+        consumer = kube.get_resource(PLURAL, namespace, name)
+        if consumer is None or consumer["metadata"].get("deletionTimestamp"):
+            return
+        patch, events = _ensure_children(consumer, config) if config is not None else ({}, [])
+        # The status as the write will leave it: health is assessed on top of the children's part.
+        status = {**(consumer.get("status") or {}), **patch}
+        health = _health(consumer, status)
+        if health is not None:
+            if changed(status, health.status):
+                patch.update(health.status)
+            events += health.events
+        if patch:
+            kube.patch_status(PLURAL, namespace, name, patch)
+        for event_type, reason, message in events:
+            kube.post_event(consumer, event_type, reason, message)
 
 
 def retry_due(namespace: str, name: str, now: float | None = None) -> bool:
@@ -70,12 +97,11 @@ def _schedule_retry(key: Key, problem: ChildProblem | None) -> None:
     _retries[key] = (time.monotonic() + delay, delay)
 
 
-def _ensure_children(namespace: str, name: str, config: OperatorConfig) -> None:
-    """Offset claim (kept unless deletePolicy Delete), identity, and the Deployment as specified."""
-    consumer = kube.get_resource(PLURAL, namespace, name)
-    if consumer is None or consumer["metadata"].get("deletionTimestamp"):
-        return
+def _ensure_children(consumer: dict, config: OperatorConfig) -> tuple[dict, list[tuple[str, str, str]]]:
+    """Offset claim (kept unless deletePolicy Delete), identity, and the Deployment as specified;
+    the status patch and Events that say how that went."""
     meta = consumer["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
     try:
         spec = AnnotationConsumerSpec.model_validate(consumer["spec"])
     except ValidationError as error:  # stored before a stricter model: a condition, not a retry loop
@@ -89,18 +115,15 @@ def _ensure_children(namespace: str, name: str, config: OperatorConfig) -> None:
     _schedule_retry((namespace, name), problem)
     if problem is not None:
         metrics.RECONCILE_BLOCKED.labels(KIND, problem.reason).inc()
-    health = reconciled(meta, consumer.get("status") or {}, problem, datetime.now(UTC))
-    patch = dict(health.status)
+    outcome = reconciled(meta, consumer.get("status") or {}, problem, datetime.now(UTC))
+    patch = dict(outcome.status)
     if problem is None:
         patch.update(
             AnnotationConsumerStatus.patch(
                 deployment_name=deployment_name(name), offset_claim_name=offset_claim_name(name)
             )
         )
-    if patch:
-        kube.patch_status(PLURAL, namespace, name, patch)
-    for event_type, reason, message in health.events:
-        kube.post_event(consumer, event_type, reason, message)
+    return patch, list(outcome.events)
 
 
 def _missing_data_claim(namespace: str, spec: AnnotationConsumerSpec) -> ChildProblem | None:
@@ -138,25 +161,20 @@ def _create_children(meta: dict, spec: AnnotationConsumerSpec, config: OperatorC
     return None
 
 
-def refresh_health(namespace: str, name: str) -> None:
-    """Recompute phase and conditions; write (and post Events) only when something changed."""
-    with _locks[(namespace, name)]:
-        consumer = kube.get_resource(PLURAL, namespace, name)
-        if consumer is None or consumer["metadata"].get("deletionTimestamp"):
-            return
-        try:
-            spec = AnnotationConsumerSpec.model_validate(consumer["spec"])
-        except ValidationError:  # the Reconciled condition says why; there is no health to assess
-            return
-        status = consumer.get("status") or {}
-        deployment = kube.read_deployment(namespace, deployment_name(name))
-        available = (find_in(deployment, "Available") or {}).get("status") == "True"
-        # Only while it is not available: the pods say why (scheduling, image, a missing Secret).
-        pods = (
-            [] if deployment is None or available else kube.list_pods(namespace, f"{LABEL_ANNOTATIONCONSUMER}={name}")
-        )
-        health = assess(consumer["metadata"], spec, status, deployment, datetime.now(UTC), pod_problem(pods))
-        if changed(status, health.status):
-            kube.patch_status(PLURAL, namespace, name, health.status)
-        for event_type, reason, message in health.events:
-            kube.post_event(consumer, event_type, reason, message)
+def _health(consumer: dict, status: dict) -> Health | None:
+    """Phase and conditions from the Deployment (and, while it is not available, its pods);
+    None when the spec does not validate (the Reconciled condition says why)."""
+    meta = consumer["metadata"]
+    try:
+        spec = AnnotationConsumerSpec.model_validate(consumer["spec"])
+    except ValidationError:
+        return None
+    deployment = kube.read_deployment(meta["namespace"], deployment_name(meta["name"]))
+    available = (find_in(deployment, "Available") or {}).get("status") == "True"
+    # Only while it is not available: the pods say why (scheduling, image, a missing Secret).
+    pods = (
+        []
+        if deployment is None or available
+        else kube.list_pods(meta["namespace"], f"{LABEL_ANNOTATIONCONSUMER}={meta['name']}")
+    )
+    return assess(meta, spec, status, deployment, datetime.now(UTC), pod_problem(pods))
