@@ -98,6 +98,36 @@ def test_apply_creates_offset_claim_and_deployment_then_runs(api_client, namespa
     assert condition(api_client, namespace, "main", "Available")["status"] == "True"
 
 
+def test_every_status_the_consumer_shows_is_whole(api_client, namespace, rabbitmq_secret):
+    """Each status write carries the Reconciled condition, the phase and the health conditions
+    together: a watch from creation to Running never sees one without the others."""
+    seen: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def follow() -> None:
+        stream = watch.Watch().stream(
+            custom(api_client).list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, timeout_seconds=90
+        )
+        for event in stream:
+            status = event["object"].get("status") or {}
+            if status:
+                seen.append(status)
+            if status.get("phase") == "Running" or done.is_set():
+                return
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    create(api_client, namespace, annotationconsumer("whole"))
+    wait_until(lambda: status_of(api_client, namespace, "whole").get("phase") == "Running", 60, "phase Running")
+    done.set()
+    follower.join(timeout=95)
+    assert seen and seen[-1]["phase"] == "Running"
+    for status in seen:
+        kinds = {c["type"] for c in status.get("conditions") or []}
+        assert status.get("phase") and {"Reconciled", "Available"} <= kinds, status
+        assert status.get("deploymentName") == "whole-consumer", status
+
+
 def test_image_change_rolls_the_deployment_never_two_pods(api_client, namespace, rabbitmq_secret):
     core = client.CoreV1Api(api_client)
     create(api_client, namespace, annotationconsumer("roll"))
