@@ -94,11 +94,15 @@ def test_a_local_queue_kueue_does_not_know_shows_no_place_without_stopping_the_o
     assert cache.of("team", "gpus", "b") == 1, "Kueue serves: other LocalQueues are still asked"
 
 
-def test_other_errors_are_raised():
-    server = Server()
-    server.error = ApiError(500, "Internal Server Error", "boom")
-    with pytest.raises(ApiError):
-        PendingPositions(fetch=server.fetch).of("team", "gpus", "a")
+@pytest.mark.parametrize(
+    "error", [ApiError(500, "Internal Server Error", "boom"), TimeoutError("read timed out")], ids=["500", "timeout"]
+)
+def test_a_failing_api_shows_no_place_and_never_stops_a_reconcile(error: Exception):
+    server, clock = Server(), Clock()
+    server.error = error
+    cache = PendingPositions(fetch=server.fetch, retry_after=60.0, clock=clock)
+    assert cache.of("team", "gpus", "a") is None and cache.of("team", "gpus", "a") is None
+    assert len(server.calls) == 1, "asked again only after retry_after"
 
 
 def test_a_queued_runs_status_shows_kueues_place_and_far_back_places_move_in_steps():

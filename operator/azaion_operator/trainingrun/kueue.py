@@ -32,7 +32,8 @@ PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 GROUP, VERSION, WORKLOADS = "kueue.x-k8s.io", "v1beta2", "workloads"
 #: What the API server answers for an aggregated API it does not serve: no such group (404),
-#: its APIService unavailable (503), or this operator not allowed to read it (403).
+#: its APIService unavailable (503), or this operator not allowed to read it (403); its own
+#: words are enough for the log.
 UNSERVED = {403, 404, 503}
 
 
@@ -83,9 +84,10 @@ class PendingPositions:
     """Kueue's positions per LocalQueue, read at most once per ``max_age`` seconds each.
 
     A reconcile of every Kueue-queued run asks for its Job's place; one read of
-    the LocalQueue answers them all. Where the visibility API is not served
-    (Kueue without VisibilityOnDemand, or its APIService unavailable), runs show
-    no place, and the API is asked again only after ``retry_after`` seconds.
+    the LocalQueue answers them all. A place is only shown, never acted on, so
+    no answer of that API may stop a reconcile: where it is not served (Kueue
+    without VisibilityOnDemand, its APIService unavailable) or fails, runs show
+    no place, and it is asked again only after ``retry_after`` seconds.
     """
 
     fetch: Callable[[str], dict[str, Any]]
@@ -107,16 +109,20 @@ class PendingPositions:
                 try:
                     read = (now, positions(self.fetch(pending_workloads_path(namespace, queue))))
                 except ApiError as error:
-                    if error.status not in UNSERVED:
-                        raise
-                    if _unknown_local_queue(error):  # Kueue serves, but has no such LocalQueue (yet)
-                        read = (now, {})
-                    else:
-                        log.info("Kueue's visibility API is not served (%s): no places in line", error.message())
-                        self._unserved_until = now + self.retry_after
-                        return None
+                    if not _unknown_local_queue(error):
+                        if error.status in UNSERVED:
+                            return self._back_off(now, logging.INFO, error.message())
+                        return self._back_off(now, logging.WARNING, str(error))
+                    read = (now, {})  # Kueue serves, but has no such LocalQueue (yet)
+                except Exception as error:  # a timeout, a broken connection: as good as unserved
+                    return self._back_off(now, logging.WARNING, repr(error))
                 self._read[(namespace, queue)] = read
             return read[1].get(job_uid)
+
+    def _back_off(self, now: float, level: int, why: str) -> None:
+        """No places for ``retry_after`` seconds (the caller holds the lock); returns None, the place."""
+        log.log(level, "Kueue's visibility API gives no places in line for %.0f s: %s", self.retry_after, why)
+        self._unserved_until = now + self.retry_after
 
 
 def _unknown_local_queue(error: ApiError) -> bool:
