@@ -261,6 +261,7 @@ def test_kueue_admits_runs_up_to_its_quota_across_gpu_nodes_each_run_on_one_node
     once, each with its 2 GPUs on one node of its own; a third run waits for quota, not for a node."""
     with _queues(api_client, namespace, gpus=4):
         for name, gpus in (("a", 2), ("b", 2), ("c", 1)):
+            time.sleep(1.1)  # in this order: Kueue orders by creation time, kept to the second
             body = _kueue_run(name)
             body["spec"]["resources"]["gpus"] = gpus
             create_run(api_client, namespace, body)
