@@ -38,7 +38,7 @@ def _ours(plural: str, namespace: str | None = None, name: str | None = None) ->
 
 def _get_or_none(path: str) -> dict[str, Any] | None:
     try:
-        return api_client().request("GET", path)
+        return get(path)
     except ApiError as error:
         if error.status == 404:
             return None
@@ -85,15 +85,18 @@ def list_resources(plural: str, page: int = LIST_PAGE) -> list[dict[str, Any]]:
                 raise
             items, token = [], ""
             continue
-        items.extend(_without_managed_fields(item) for item in body["items"])
+        items.extend(without_managed_fields(item) for item in body["items"])
         token = (body.get("metadata") or {}).get("continue") or ""
         if not token:
             return items
 
 
-def _without_managed_fields(item: dict[str, Any]) -> dict[str, Any]:
-    (item.get("metadata") or {}).pop("managedFields", None)
-    return item
+def without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` without its managedFields (a new dict; ``obj`` itself, when it has none)."""
+    meta = obj.get("metadata") or {}
+    if "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 def list_managed(plural: str) -> list[dict[str, Any]]:

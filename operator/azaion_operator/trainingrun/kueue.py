@@ -106,23 +106,26 @@ class PendingPositions:
                 return None
             read = self._read.get((namespace, queue))
             if read is None or now - read[0] >= self.max_age:
-                try:
-                    read = (now, positions(self.fetch(pending_workloads_path(namespace, queue))))
-                except ApiError as error:
-                    if not _unknown_local_queue(error):
-                        if error.status in UNSERVED:
-                            return self._back_off(now, logging.INFO, error.message())
-                        return self._back_off(now, logging.WARNING, str(error))
-                    read = (now, {})  # Kueue serves, but has no such LocalQueue (yet)
-                except Exception as error:  # a timeout, a broken connection: as good as unserved
-                    return self._back_off(now, logging.WARNING, repr(error))
-                self._read[(namespace, queue)] = read
+                places = self._fetch(namespace, queue, now)
+                if places is None:
+                    return None
+                read = self._read[(namespace, queue)] = (now, places)
             return read[1].get(job_uid)
 
-    def _back_off(self, now: float, level: int, why: str) -> None:
-        """No places for ``retry_after`` seconds (the caller holds the lock); returns None, the place."""
+    def _fetch(self, namespace: str, queue: str, now: float) -> dict[str, int] | None:
+        """The LocalQueue's places; None, and none for ``retry_after`` seconds, when the API
+        is not served or fails (the caller holds the lock)."""
+        try:
+            return positions(self.fetch(pending_workloads_path(namespace, queue)))
+        except ApiError as error:
+            if _unknown_local_queue(error):
+                return {}  # Kueue serves, but has no such LocalQueue (yet)
+            level, why = (logging.INFO, error.message()) if error.status in UNSERVED else (logging.WARNING, str(error))
+        except Exception as error:  # a timeout, a broken connection: as good as unserved
+            level, why = logging.WARNING, repr(error)
         log.log(level, "Kueue's visibility API gives no places in line for %.0f s: %s", self.retry_after, why)
         self._unserved_until = now + self.retry_after
+        return None
 
 
 def _unknown_local_queue(error: ApiError) -> bool:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from azaion_operator.kit.kube import without_managed_fields
 from azaion_operator.trainingrun.queue import NOWHERE, Place, QueueTerms, Waiting, parse_terms, place_of
 
 #: How stale the listing of nodes and foreign GPU pods may be (seconds).
@@ -75,7 +76,7 @@ class QueueSnapshot:
     def _list_runs(self) -> None:
         with self._lock:
             self._heard = []
-        listed = {_key(run): _slim(run) for run in self.list_runs()}
+        listed = {_key(run): without_managed_fields(run) for run in self.list_runs()}
         for run in listed.values():
             self.terms(run)
         with self._lock:
@@ -112,7 +113,7 @@ class QueueSnapshot:
 
     def heard(self, run: dict[str, Any], deleted: bool = False) -> None:
         """A run as a watch event delivered it (never lists; safe from the event loop)."""
-        key, run = _key(run), _slim(run)
+        key, run = _key(run), without_managed_fields(run)
         self.terms(run)  # parsed (once per generation) before the lock, which admissions wait on
         with self._lock:
             _merge(self._runs, run, deleted)
@@ -176,14 +177,6 @@ def _older(run: dict[str, Any], than: dict[str, Any]) -> bool:
     counts as newer."""
     mine, theirs = run["metadata"].get("resourceVersion", ""), than["metadata"].get("resourceVersion", "")
     return mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs)
-
-
-def _slim(run: dict[str, Any]) -> dict[str, Any]:
-    """The run without its managedFields: a thousand runs' write history is most of their size."""
-    meta = run.get("metadata") or {}
-    if "managedFields" not in meta:
-        return run
-    return {**run, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 def _key(run: dict[str, Any]) -> Key:
